@@ -1,0 +1,1 @@
+//! Checkpoints (filled in below).

@@ -1,0 +1,85 @@
+//! Typed errors. Every error is returned before anything is mutated.
+
+use thiserror::Error;
+
+/// Errors raised by a backend (device failures, unsupported layouts).
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// A tensor is not stored contiguously in standard (row-major) order.
+    #[error("tensor is not contiguous in standard layout")]
+    NotContiguous,
+    /// The backend is not available on this machine (no GPU, no driver, ...).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Any other backend failure (a failed kernel launch, a copy, an allocation).
+    #[error("backend failure: {0}")]
+    Device(String),
+}
+
+/// Everything that can go wrong when building, stepping, saving or loading an optimizer.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ProfitError {
+    /// A hyperparameter is out of its valid range (PyTorch's checks, plus PROFIT's own).
+    #[error("invalid hyperparameter `{name}` = {value}: {reason}")]
+    InvalidHyperparameter {
+        /// Name of the hyperparameter, as in PyTorch (`lr`, `betas.0`, `n_ref`, ...).
+        name: &'static str,
+        /// The offending value.
+        value: f64,
+        /// What the valid range is.
+        reason: &'static str,
+    },
+    /// The optimizer was built with no trainable parameters.
+    #[error("no trainable parameters")]
+    NoParameters,
+    /// Wrong number of parameter or gradient tensors for this optimizer.
+    #[error("expected {expected} {what} tensors, got {got}")]
+    CountMismatch {
+        /// `"parameter"` or `"gradient"`.
+        what: &'static str,
+        /// How many the optimizer was built with.
+        expected: usize,
+        /// How many were passed.
+        got: usize,
+    },
+    /// A tensor does not have the shape the optimizer was built with.
+    #[error("{what} `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// `"parameter"` or `"gradient"`.
+        what: &'static str,
+        /// The parameter's name.
+        name: String,
+        /// Shape the optimizer was built with.
+        expected: Vec<usize>,
+        /// Shape that was passed.
+        got: Vec<usize>,
+    },
+    /// Two parameters share a name.
+    #[error("duplicate parameter name `{0}`")]
+    DuplicateName(String),
+    /// A parameter group index is out of range.
+    #[error("parameter group {index} does not exist ({count} groups)")]
+    NoSuchGroup {
+        /// The index asked for.
+        index: usize,
+        /// How many groups there are.
+        count: usize,
+    },
+    /// A gradient holds NaN or infinity (policy [`NonFinitePolicy::Error`](crate::NonFinitePolicy)).
+    #[error("non-finite gradient (NaN or infinity) in `{name}`; nothing was changed")]
+    NonFiniteGradient {
+        /// Name of the first parameter whose gradient is not finite.
+        name: String,
+    },
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A checkpoint could not be written or does not fit this optimizer.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+/// Shorthand for `Result<T, ProfitError>`.
+pub type Result<T, E = ProfitError> = std::result::Result<T, E>;

@@ -1,0 +1,42 @@
+//! # profit-core
+//!
+//! PROFIT ("PROFIT: A Specialized Optimizer for Deep Fine Tuning", Chakravarthy et al., arXiv
+//! 2412.01930, NeurIPS 2025) written once over the [`TensorOps`] backend trait.
+//!
+//! - [`profit`]: the algorithm ([`Profit`]), in one file.
+//! - [`optim`]: the inner optimizers, with PyTorch's formulas, names and defaults; usable alone
+//!   through [`Plain`].
+//! - [`backend`]: the contract a tensor library implements; [`host`] implements it for any
+//!   library whose tensors are host memory.
+//! - [`schedule`], [`checkpoint`]: learning-rate schedules and save/resume.
+//!
+//! A user depends on this crate plus one adapter (`profit-ndarray`, `profit-nalgebra`,
+//! `profit-dfdx`, `profit-cuda`).
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod checkpoint;
+pub mod element;
+pub mod error;
+pub mod host;
+pub mod optim;
+mod params;
+mod plain;
+pub mod profit;
+pub mod schedule;
+
+pub use backend::{Kernel, Pass, Reduction, TensorOps, TensorState};
+pub use element::Element;
+pub use error::{BackendError, ProfitError, Result};
+pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Rule, Sgd};
+pub use params::{GroupOptions, GroupState, ParamGroup};
+pub use plain::Plain;
+pub use profit::{
+    LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore, StepReport,
+    TensorReport,
+};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,218 @@
+//! Parameter registration, groups and the per-call argument checks shared by [`Profit`](crate::Profit)
+//! and [`Plain`](crate::Plain).
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Kernel, Pass, Reduction, TensorOps, TensorState};
+use crate::element::Element;
+use crate::error::{ProfitError, Result};
+use crate::optim::{check_lr, Rule, Sgd};
+
+/// Per-group options, as `torch.optim` parameter groups: anything left `None` comes from the
+/// optimizer's own configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupOptions {
+    /// Main learning rate for this group.
+    pub lr: Option<f64>,
+    /// Reference learning rate for this group (default: the group's `lr` divided by the
+    /// optimizer's `lr_main / lr_ref` ratio).
+    pub ref_lr: Option<f64>,
+    /// Main optimizer weight decay for this group.
+    pub weight_decay: Option<f64>,
+    /// Frozen: the group's tensors are passed to `step` but never changed, hold no state, and
+    /// stay out of the projection.
+    pub frozen: bool,
+}
+
+/// A parameter group: named tensors sharing [`GroupOptions`].
+pub struct ParamGroup<'a, T> {
+    /// `(name, tensor)` pairs. Names key checkpoints and error messages; they must be unique.
+    pub params: Vec<(String, &'a T)>,
+    /// The group's options.
+    pub options: GroupOptions,
+}
+
+impl<'a, T> ParamGroup<'a, T> {
+    /// A group with default options.
+    pub fn new<S: Into<String>>(params: impl IntoIterator<Item = (S, &'a T)>) -> Self {
+        ParamGroup {
+            params: params.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            options: GroupOptions::default(),
+        }
+    }
+
+    /// The same group with other options.
+    pub fn options(mut self, options: GroupOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// Learning rates and weight decay a group runs with now.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Main learning rate.
+    pub lr: f64,
+    /// Reference learning rate.
+    pub ref_lr: f64,
+    /// Main weight decay.
+    pub weight_decay: f64,
+    /// Reference weight decay.
+    pub ref_weight_decay: f64,
+    /// `lr / ref_lr`, kept fixed by [`LrCoupling::FixedRatio`](crate::LrCoupling).
+    pub ratio: f64,
+    /// Frozen.
+    pub frozen: bool,
+}
+
+/// The registered tensors with their state and the buffers a step reuses.
+pub(crate) struct Registry<B: TensorOps> {
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub group_of: Vec<usize>,
+    pub groups: Vec<GroupState>,
+    pub active: Vec<bool>,
+    pub states: Vec<TensorState<B::Tensor>>,
+    pub kernels: Vec<Kernel<B::Elem>>,
+    pub reductions: Vec<Reduction>,
+}
+
+/// What to allocate per trainable tensor.
+pub(crate) struct Layout {
+    pub anchor: bool,
+    pub delta: bool,
+    pub ref_slots: usize,
+    pub main_slots: usize,
+}
+
+impl<B: TensorOps> Registry<B> {
+    pub fn build(
+        groups: Vec<ParamGroup<'_, B::Tensor>>,
+        base: impl Fn(&GroupOptions) -> Result<GroupState>,
+        layout: &Layout,
+    ) -> Result<Self> {
+        let mut reg = Registry {
+            names: vec![],
+            shapes: vec![],
+            group_of: vec![],
+            groups: vec![],
+            active: vec![],
+            states: vec![],
+            kernels: vec![],
+            reductions: vec![],
+        };
+        for (gi, group) in groups.iter().enumerate() {
+            let gs = base(&group.options)?;
+            check_lr("lr", gs.lr)?;
+            check_lr("ref_lr", gs.ref_lr)?;
+            check_lr("weight_decay", gs.weight_decay)?;
+            reg.groups.push(gs);
+            for (name, t) in &group.params {
+                if reg.names.contains(name) {
+                    return Err(ProfitError::DuplicateName(name.clone()));
+                }
+                B::validate(t)?;
+                reg.names.push(name.clone());
+                reg.shapes.push(B::shape(t));
+                reg.group_of.push(gi);
+                reg.active.push(!gs.frozen);
+            }
+        }
+        if !reg.active.iter().any(|&a| a) {
+            return Err(ProfitError::NoParameters);
+        }
+        for group in &groups {
+            for (_, t) in &group.params {
+                let zeros = |k: usize| (0..k).map(|_| B::zeros_like(t)).collect::<Result<Vec<_>, _>>();
+                let state = if group.options.frozen {
+                    TensorState { anchor: None, delta: None, ref_slots: vec![], main_slots: vec![] }
+                } else {
+                    TensorState {
+                        anchor: if layout.anchor { Some(B::zeros_like(t)?) } else { None },
+                        delta: if layout.delta { Some(B::zeros_like(t)?) } else { None },
+                        ref_slots: zeros(layout.ref_slots)?,
+                        main_slots: zeros(layout.main_slots)?,
+                    }
+                };
+                reg.states.push(state);
+            }
+        }
+        let n = reg.names.len();
+        let dummy = Kernel {
+            pass: Pass::Plain,
+            rule: Sgd::default().into_rule(),
+            grad_scale: B::Elem::from_f64(1.0),
+            proj: B::Elem::from_f64(0.0),
+        };
+        reg.kernels = vec![dummy; n];
+        reg.reductions = vec![Reduction::default(); n];
+        Ok(reg)
+    }
+
+    /// Check counts, shapes and layouts of one call's arguments. Mutates nothing.
+    pub fn check_call(&self, params: &[&mut B::Tensor], grads: &[&B::Tensor]) -> Result<()> {
+        let n = self.names.len();
+        if params.len() != n {
+            return Err(ProfitError::CountMismatch { what: "parameter", expected: n, got: params.len() });
+        }
+        if grads.len() != n {
+            return Err(ProfitError::CountMismatch { what: "gradient", expected: n, got: grads.len() });
+        }
+        for i in 0..n {
+            for (what, t) in [("parameter", &*params[i]), ("gradient", grads[i])] {
+                if !B::has_shape(t, &self.shapes[i]) {
+                    return Err(ProfitError::ShapeMismatch {
+                        what,
+                        name: self.names[i].clone(),
+                        expected: self.shapes[i].clone(),
+                        got: B::shape(t),
+                    });
+                }
+                B::validate(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Name of the first active tensor whose gradient reduction is not finite.
+    pub fn non_finite(&self) -> Option<&str> {
+        (0..self.names.len())
+            .find(|&i| self.active[i] && !self.reductions[i].grad_sq.is_finite())
+            .map(|i| self.names[i].as_str())
+    }
+
+    /// Sum of the active reductions, in tensor order (deterministic).
+    pub fn total(&self) -> Reduction {
+        self.reductions.iter().fold(Reduction::default(), |a, &r| a.add(r))
+    }
+
+    /// Parameters (elements) of trainable tensors.
+    pub fn trainable_elements(&self) -> usize {
+        (0..self.names.len())
+            .filter(|&i| self.active[i])
+            .map(|i| self.shapes[i].iter().product::<usize>())
+            .sum()
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> usize {
+        let per = std::mem::size_of::<B::Elem>();
+        self.states
+            .iter()
+            .zip(&self.shapes)
+            .map(|(s, shape)| {
+                let bufs = s.anchor.is_some() as usize
+                    + s.delta.is_some() as usize
+                    + s.ref_slots.len()
+                    + s.main_slots.len();
+                bufs * shape.iter().product::<usize>() * per
+            })
+            .sum()
+    }
+}
+
+impl Sgd {
+    fn into_rule<E: Element>(self) -> Rule<E> {
+        crate::optim::InnerConfig::Sgd(self).rule(1, self.lr, self.weight_decay)
+    }
+}

@@ -1,0 +1,85 @@
+//! An inner optimizer used on its own, as a plain `torch.optim`-style optimizer.
+
+use crate::backend::{Pass, TensorOps};
+use crate::element::Element;
+use crate::error::{ProfitError, Result};
+use crate::optim::InnerConfig;
+use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
+
+/// SGD, Adam, AdamW or RMSprop without PROFIT, on any backend.
+///
+/// Non-finite gradients are refused with [`ProfitError::NonFiniteGradient`], nothing changed.
+pub struct Plain<B: TensorOps> {
+    config: InnerConfig,
+    reg: Registry<B>,
+    steps: u64,
+}
+
+impl<B: TensorOps> Plain<B> {
+    /// Build over unnamed tensors, one group.
+    pub fn new(config: InnerConfig, params: &[&B::Tensor]) -> Result<Self> {
+        let group = ParamGroup::new(params.iter().enumerate().map(|(i, t)| (i.to_string(), *t)));
+        Self::with_groups(config, vec![group])
+    }
+
+    /// Build over parameter groups (the groups' `ref_lr` is ignored).
+    pub fn with_groups(config: InnerConfig, groups: Vec<ParamGroup<'_, B::Tensor>>) -> Result<Self> {
+        config.validate()?;
+        let base = |o: &GroupOptions| {
+            Ok(GroupState {
+                lr: o.lr.unwrap_or(config.lr()),
+                ref_lr: 0.0,
+                weight_decay: o.weight_decay.unwrap_or(config.weight_decay()),
+                ref_weight_decay: 0.0,
+                ratio: 0.0,
+                frozen: o.frozen,
+            })
+        };
+        let layout = Layout { anchor: false, delta: false, ref_slots: 0, main_slots: config.slots() };
+        Ok(Plain { config, reg: Registry::build(groups, base, &layout)?, steps: 0 })
+    }
+
+    /// One step. Checks everything before changing anything.
+    pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<()> {
+        self.reg.check_call(params, grads)?;
+        B::reduce_all(&self.reg.active, None, grads, &mut self.reg.reductions)?;
+        if let Some(name) = self.reg.non_finite() {
+            return Err(ProfitError::NonFiniteGradient { name: name.to_string() });
+        }
+        let step = self.steps + 1;
+        for i in 0..self.reg.names.len() {
+            let g = &self.reg.groups[self.reg.group_of[i]];
+            let k = &mut self.reg.kernels[i];
+            k.pass = Pass::Plain;
+            k.rule = self.config.rule(step, g.lr, g.weight_decay);
+            k.grad_scale = B::Elem::from_f64(1.0);
+        }
+        B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+        self.steps = step;
+        Ok(())
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Learning rate of group 0.
+    pub fn lr(&self) -> f64 {
+        self.reg.groups[0].lr
+    }
+
+    /// Set the learning rate of every group.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        crate::optim::check_lr("lr", lr)?;
+        for g in &mut self.reg.groups {
+            g.lr = lr;
+        }
+        Ok(())
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> usize {
+        self.reg.state_bytes()
+    }
+}

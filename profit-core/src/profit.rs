@@ -1,0 +1,551 @@
+//! PROFIT (Algorithm 1 of arXiv 2412.01930) with the semantics pinned by SPEC.md: the whole
+//! algorithm is in this file; the element math is in [`optim`](crate::optim) and the passes over
+//! memory are the backend's ([`TensorOps`]).
+//!
+//! One [`Profit::step`] call per batch. After `warmup_steps` plain main-optimizer calls, calls
+//! run in cycles of `n_ref + 1`:
+//!
+//! | call in cycle | what happens |
+//! |---|---|
+//! | 0 | anchor `theta_ref = theta`; `delta = 0`; then as below |
+//! | 0 .. n_ref-1 | reference step: `u = O_ref(theta, g)`; `theta += u`; `delta += u` |
+//! | n_ref (main) | `omega = <delta, g>`; if `omega < 0`: `g -= omega / |delta|^2 * delta`; `theta = theta_ref`; `theta = O(theta, g)` |
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Pass, TensorOps};
+use crate::element::Element;
+use crate::error::{ProfitError, Result};
+use crate::optim::{check_lr, InnerConfig, Sgd};
+use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
+
+/// How the projection is scoped (SPEC section 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Projection {
+    /// One `omega` and one `|delta|^2` over all trainable parameters (the paper's reading).
+    #[default]
+    Global,
+    /// Each tensor is tested and projected against its own delta.
+    PerTensor,
+}
+
+/// How the main call returns to the anchor (SPEC section 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restore {
+    /// Keep a copy of the anchor and copy it back: bitwise exact, one parameter-sized buffer.
+    #[default]
+    Anchor,
+    /// Keep no anchor; restore by `theta - delta`. Saves one buffer; in float32 the restored
+    /// weights differ from the anchor by rounding (see BENCHMARKS.md for the measurement).
+    Subtract,
+}
+
+/// What to do with a gradient that holds NaN or infinity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// Return [`ProfitError::NonFiniteGradient`] and change nothing (default).
+    #[default]
+    Error,
+    /// Count the call as skipped ([`Phase::Skipped`]) and change nothing.
+    Skip,
+    /// Do not check (as `torch.optim` does): saves the gradient pre-pass at reference and
+    /// warm-up calls; a non-finite gradient then propagates into the weights.
+    Propagate,
+}
+
+/// How the reference learning rate follows the main one when [`Profit::set_lr`] is called.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrCoupling {
+    /// `lr_ref = lr_main / r` with the ratio `r` fixed when the optimizer is built (default).
+    #[default]
+    FixedRatio,
+    /// The two rates move independently ([`Profit::set_ref_lr`]).
+    Free,
+}
+
+/// PROFIT's configuration. Field names follow SPEC.md; defaults are the paper's (`n_ref = 1`,
+/// SGD reference, global projection).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProfitConfig {
+    /// Reference optimizer `O_ref` (default: plain SGD).
+    pub reference: InnerConfig,
+    /// Main optimizer `O` (default: Adam).
+    pub main: InnerConfig,
+    /// Reference steps per cycle (`>= 1`).
+    pub n_ref: u64,
+    /// Calls that go straight to the main optimizer before the first cycle.
+    pub warmup_steps: u64,
+    /// Projection scope.
+    pub projection: Projection,
+    /// Restore mode.
+    pub restore: Restore,
+    /// Non-finite gradient policy.
+    pub non_finite: NonFinitePolicy,
+    /// Clip gradients to this global L2 norm before they are used (`torch.nn.utils.clip_grad_norm_`).
+    pub max_grad_norm: Option<f64>,
+    /// How `set_lr` moves the reference rate.
+    pub lr_coupling: LrCoupling,
+}
+
+impl Default for ProfitConfig {
+    fn default() -> Self {
+        ProfitConfig {
+            reference: InnerConfig::Sgd(Sgd { lr: 1e-4, ..Sgd::default() }),
+            main: InnerConfig::Adam(Default::default()),
+            n_ref: 1,
+            warmup_steps: 0,
+            projection: Projection::Global,
+            restore: Restore::Anchor,
+            non_finite: NonFinitePolicy::Error,
+            max_grad_norm: None,
+            lr_coupling: LrCoupling::FixedRatio,
+        }
+    }
+}
+
+impl ProfitConfig {
+    /// A configuration with these two inner optimizers and the other fields at their defaults.
+    pub fn new(reference: impl Into<InnerConfig>, main: impl Into<InnerConfig>) -> Self {
+        ProfitConfig { reference: reference.into(), main: main.into(), ..Default::default() }
+    }
+
+    /// Check every hyperparameter.
+    pub fn validate(&self) -> Result<()> {
+        self.reference.validate()?;
+        self.main.validate()?;
+        if self.n_ref == 0 {
+            return Err(ProfitError::InvalidHyperparameter {
+                name: "n_ref",
+                value: 0.0,
+                reason: "must be >= 1",
+            });
+        }
+        if let Some(m) = self.max_grad_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(ProfitError::InvalidHyperparameter {
+                    name: "max_grad_norm",
+                    value: m,
+                    reason: "must be finite and > 0",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A warm-up call: plain main-optimizer step.
+    Warmup,
+    /// A reference call.
+    Reference,
+    /// The main call of a cycle.
+    Main,
+    /// A call skipped for a non-finite gradient (policy [`NonFinitePolicy::Skip`]); nothing changed.
+    Skipped,
+}
+
+/// Projection statistics of a main call (over all trainable tensors for global projection;
+/// sums over tensors for per-tensor projection, whose per-tensor values are in
+/// [`Profit::tensor_reports`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MainReport {
+    /// `omega = <delta, g>`.
+    pub omega: f64,
+    /// `|delta|^2`.
+    pub delta_norm_sq: f64,
+    /// `|g|^2` before projection (after clipping, if any).
+    pub grad_norm_sq: f64,
+    /// Whether the projection fired (any tensor, for per-tensor projection).
+    pub projected: bool,
+    /// `cos(delta, g)`, `0` when either is zero.
+    pub cosine: f64,
+}
+
+/// Per-tensor statistics of the last main call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TensorReport {
+    /// `<delta_i, g_i>`.
+    pub omega: f64,
+    /// `|delta_i|^2`.
+    pub delta_norm_sq: f64,
+    /// `|g_i|^2`.
+    pub grad_norm_sq: f64,
+    /// Whether this tensor's gradient was projected (per-tensor projection), or the global one
+    /// fired (global projection).
+    pub projected: bool,
+}
+
+/// The per-call report (SPEC section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Index of this call among counted calls (skipped calls are not counted).
+    pub call: u64,
+    /// What the call did.
+    pub phase: Phase,
+    /// Factor the gradient was scaled by (gradient clipping), `1` otherwise.
+    pub grad_scale: f64,
+    /// Projection statistics, at main calls.
+    pub main: Option<MainReport>,
+}
+
+fn cosine(omega: f64, dd: f64, gg: f64) -> f64 {
+    if dd > 0.0 && gg > 0.0 {
+        omega / (dd.sqrt() * gg.sqrt())
+    } else {
+        0.0
+    }
+}
+
+/// The PROFIT optimizer over backend `B`.
+///
+/// ```
+/// use profit_core::{host::HostBackend, error::BackendError, Profit, ProfitConfig, Sgd, Adam, Phase};
+/// # struct VecBackend;
+/// # impl HostBackend for VecBackend {
+/// #     type Elem = f64; type Tensor = Vec<f64>; const NAME: &'static str = "vec";
+/// #     fn shape(t: &Vec<f64>) -> Vec<usize> { vec![t.len()] }
+/// #     fn zeros_like(t: &Vec<f64>) -> Vec<f64> { vec![0.0; t.len()] }
+/// #     fn as_slice(t: &Vec<f64>) -> Result<&[f64], BackendError> { Ok(t) }
+/// #     fn as_mut_slice(t: &mut Vec<f64>) -> Result<&mut [f64], BackendError> { Ok(t) }
+/// # }
+/// let config = ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+/// let mut w = vec![1.0, -1.0];
+/// let mut opt = Profit::<VecBackend>::new(config, &[&w]).unwrap();
+/// let r = opt.step(&mut [&mut w], &[&vec![1.0, 0.0]]).unwrap();
+/// assert_eq!(r.phase, Phase::Reference);
+/// // delta = -1e-3 * [1, 0]; this gradient has <delta, g> < 0, so it is projected:
+/// let r = opt.step(&mut [&mut w], &[&vec![1.0, 0.5]]).unwrap();
+/// assert_eq!(r.phase, Phase::Main);
+/// assert!(r.main.unwrap().projected);
+/// ```
+pub struct Profit<B: TensorOps> {
+    pub(crate) config: ProfitConfig,
+    pub(crate) reg: Registry<B>,
+    /// Counted calls so far.
+    pub(crate) calls: u64,
+    /// Calls skipped for non-finite gradients.
+    pub(crate) skipped: u64,
+    /// Steps the reference optimizer has taken (its `state['step']`).
+    pub(crate) ref_steps: u64,
+    /// Steps the main optimizer has taken.
+    pub(crate) main_steps: u64,
+    /// Per-tensor statistics of the last main call.
+    pub(crate) tensor_reports: Vec<TensorReport>,
+}
+
+impl<B: TensorOps> Profit<B> {
+    /// Build over unnamed tensors (named `"0"`, `"1"`, ...), one group.
+    pub fn new(config: ProfitConfig, params: &[&B::Tensor]) -> Result<Self> {
+        let group = ParamGroup::new(params.iter().enumerate().map(|(i, t)| (i.to_string(), *t)));
+        Self::with_groups(config, vec![group])
+    }
+
+    /// Build over named tensors, one group.
+    pub fn with_names(config: ProfitConfig, params: &[(&str, &B::Tensor)]) -> Result<Self> {
+        Self::with_groups(config, vec![ParamGroup::new(params.iter().copied())])
+    }
+
+    /// Build over parameter groups. All state is allocated here; a step allocates nothing.
+    pub fn with_groups(config: ProfitConfig, groups: Vec<ParamGroup<'_, B::Tensor>>) -> Result<Self> {
+        config.validate()?;
+        let (main, reference) = (config.main, config.reference);
+        let ratio = ratio_of(main.lr(), reference.lr());
+        let base = |o: &GroupOptions| {
+            let lr = o.lr.unwrap_or(main.lr());
+            Ok(GroupState {
+                lr,
+                ref_lr: o.ref_lr.unwrap_or(if o.lr.is_some() { lr / ratio } else { reference.lr() }),
+                weight_decay: o.weight_decay.unwrap_or(main.weight_decay()),
+                ref_weight_decay: reference.weight_decay(),
+                ratio: 0.0,
+                frozen: o.frozen,
+            })
+        };
+        let layout = Layout {
+            anchor: config.restore == Restore::Anchor,
+            delta: true,
+            ref_slots: reference.slots(),
+            main_slots: main.slots(),
+        };
+        let mut reg = Registry::build(groups, base, &layout)?;
+        for g in &mut reg.groups {
+            g.ratio = ratio_of(g.lr, g.ref_lr);
+        }
+        let n = reg.names.len();
+        Ok(Profit {
+            config,
+            reg,
+            calls: 0,
+            skipped: 0,
+            ref_steps: 0,
+            main_steps: 0,
+            tensor_reports: vec![TensorReport::default(); n],
+        })
+    }
+
+    /// What the next call will do (warm-up, reference or main).
+    pub fn next_phase(&self) -> Phase {
+        self.phase_at(self.calls).0
+    }
+
+    /// Phase of counted call `call`, and whether it starts a cycle.
+    fn phase_at(&self, call: u64) -> (Phase, bool) {
+        if call < self.config.warmup_steps {
+            return (Phase::Warmup, false);
+        }
+        let k = (call - self.config.warmup_steps) % (self.config.n_ref + 1);
+        if k == self.config.n_ref {
+            (Phase::Main, false)
+        } else {
+            (Phase::Reference, k == 0)
+        }
+    }
+
+    /// One optimizer call: `grads[i]` is the gradient of the loss at the current `params[i]`.
+    ///
+    /// Arguments are checked (counts, shapes, layouts, finiteness) before anything is changed;
+    /// on error nothing is changed.
+    pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<StepReport> {
+        self.reg.check_call(params, grads)?;
+        let (phase, first) = self.phase_at(self.calls);
+
+        // Pass 1: reductions. At main calls omega, |delta|^2 and |g|^2 in one pass; at other calls
+        // |g|^2 only, needed to refuse non-finite gradients and for clipping.
+        let main = phase == Phase::Main;
+        let need_pre =
+            self.config.non_finite != NonFinitePolicy::Propagate || self.config.max_grad_norm.is_some();
+        if main || need_pre {
+            let states = main.then_some(&self.reg.states[..]);
+            B::reduce_all(&self.reg.active, states, grads, &mut self.reg.reductions)?;
+            if let Some(name) = self.reg.non_finite() {
+                match self.config.non_finite {
+                    NonFinitePolicy::Error => {
+                        return Err(ProfitError::NonFiniteGradient { name: name.to_string() })
+                    }
+                    NonFinitePolicy::Skip => {
+                        self.skipped += 1;
+                        return Ok(StepReport {
+                            call: self.calls,
+                            phase: Phase::Skipped,
+                            grad_scale: 1.0,
+                            main: None,
+                        });
+                    }
+                    NonFinitePolicy::Propagate => {}
+                }
+            }
+        }
+        let total = self.reg.total();
+        let scale = match self.config.max_grad_norm {
+            Some(max) => (max / (total.grad_sq.sqrt() + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+
+        // The projection coefficient per tensor: omega / |delta|^2 where omega < 0, else 0.
+        let mut report = None;
+        if main {
+            let global = self.config.projection == Projection::Global;
+            let (om, dd, gg) = (total.omega * scale, total.delta_sq, total.grad_sq * scale * scale);
+            let fires = |omega: f64, dd: f64| omega < 0.0 && dd > 0.0;
+            let mut any = false;
+            for (i, r) in self.reg.reductions.iter().enumerate() {
+                let (o_i, d_i) = (r.omega * scale, r.delta_sq);
+                let projected = self.reg.active[i] && if global { fires(om, dd) } else { fires(o_i, d_i) };
+                let coef = match (projected, global) {
+                    (false, _) => 0.0,
+                    (true, true) => om / dd,
+                    (true, false) => o_i / d_i,
+                };
+                any |= projected;
+                self.reg.kernels[i].proj = B::Elem::from_f64(coef);
+                self.tensor_reports[i] = TensorReport {
+                    omega: o_i,
+                    delta_norm_sq: d_i,
+                    grad_norm_sq: r.grad_sq * scale * scale,
+                    projected,
+                };
+            }
+            report = Some(MainReport {
+                omega: om,
+                delta_norm_sq: dd,
+                grad_norm_sq: gg,
+                projected: if global { fires(om, dd) } else { any },
+                cosine: cosine(om, dd, gg),
+            });
+        }
+
+        // Pass 2: one fused pass per tensor.
+        let (pass, inner, step) = match phase {
+            Phase::Reference => (Pass::Reference { first }, self.config.reference, self.ref_steps + 1),
+            Phase::Main => (Pass::Main, self.config.main, self.main_steps + 1),
+            _ => (Pass::Plain, self.config.main, self.main_steps + 1),
+        };
+        for i in 0..self.reg.names.len() {
+            let g = &self.reg.groups[self.reg.group_of[i]];
+            let (lr, wd) = if phase == Phase::Reference {
+                (g.ref_lr, g.ref_weight_decay)
+            } else {
+                (g.lr, g.weight_decay)
+            };
+            let k = &mut self.reg.kernels[i];
+            k.pass = pass;
+            k.rule = inner.rule(step, lr, wd);
+            k.grad_scale = B::Elem::from_f64(scale);
+            if !main {
+                k.proj = B::Elem::from_f64(0.0);
+            }
+        }
+        B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+
+        match phase {
+            Phase::Reference => self.ref_steps += 1,
+            _ => self.main_steps += 1,
+        }
+        let call = self.calls;
+        self.calls += 1;
+        Ok(StepReport { call, phase, grad_scale: scale, main: report })
+    }
+
+    /// The configuration (with the learning rates it was built with).
+    pub fn config(&self) -> &ProfitConfig {
+        &self.config
+    }
+
+    /// Counted calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Calls skipped for non-finite gradients.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Per-tensor statistics of the last main call, in registration order.
+    pub fn tensor_reports(&self) -> &[TensorReport] {
+        &self.tensor_reports
+    }
+
+    /// Registered parameter names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.reg.names
+    }
+
+    /// Parameter groups with their current rates.
+    pub fn groups(&self) -> &[GroupState] {
+        &self.reg.groups
+    }
+
+    /// Main learning rate of group 0.
+    pub fn lr(&self) -> f64 {
+        self.reg.groups[0].lr
+    }
+
+    /// Reference learning rate of group 0.
+    pub fn ref_lr(&self) -> f64 {
+        self.reg.groups[0].ref_lr
+    }
+
+    /// Set the main learning rate of every group (scaling each group's rate by the same factor
+    /// relative to group 0, as schedulers do). With [`LrCoupling::FixedRatio`] the reference
+    /// rates follow at each group's fixed ratio.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_lr("lr", lr)?;
+        let base = self.reg.groups[0].lr;
+        for i in 0..self.reg.groups.len() {
+            let g = self.reg.groups[i];
+            let new = if i == 0 || base == 0.0 { lr } else { g.lr * lr / base };
+            self.set_group_lr(i, new)?;
+        }
+        Ok(())
+    }
+
+    /// Set one group's main learning rate (the reference rate follows with a fixed ratio).
+    pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        check_lr("lr", lr)?;
+        let count = self.reg.groups.len();
+        let g = self.reg.groups.get_mut(group).ok_or(ProfitError::NoSuchGroup { index: group, count })?;
+        if self.config.lr_coupling == LrCoupling::FixedRatio && g.ratio.is_finite() && g.ratio > 0.0 {
+            g.ref_lr = lr / g.ratio;
+        }
+        g.lr = lr;
+        Ok(())
+    }
+
+    /// Set the reference learning rate of every group (with [`LrCoupling::FixedRatio`] this
+    /// redefines the ratio).
+    pub fn set_ref_lr(&mut self, lr: f64) -> Result<()> {
+        check_lr("ref_lr", lr)?;
+        for i in 0..self.reg.groups.len() {
+            self.set_group_ref_lr(i, lr)?;
+        }
+        Ok(())
+    }
+
+    /// Set one group's reference learning rate.
+    pub fn set_group_ref_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        check_lr("ref_lr", lr)?;
+        let count = self.reg.groups.len();
+        let g = self.reg.groups.get_mut(group).ok_or(ProfitError::NoSuchGroup { index: group, count })?;
+        g.ref_lr = lr;
+        g.ratio = ratio_of(g.lr, lr);
+        Ok(())
+    }
+
+    /// Set one group's main weight decay.
+    pub fn set_group_weight_decay(&mut self, group: usize, weight_decay: f64) -> Result<()> {
+        check_lr("weight_decay", weight_decay)?;
+        let count = self.reg.groups.len();
+        let g = self.reg.groups.get_mut(group).ok_or(ProfitError::NoSuchGroup { index: group, count })?;
+        g.weight_decay = weight_decay;
+        Ok(())
+    }
+
+    /// Elements in trainable tensors.
+    pub fn trainable_elements(&self) -> usize {
+        self.reg.trainable_elements()
+    }
+
+    /// Bytes of optimizer state this optimizer holds (anchor, delta, both inner states).
+    pub fn state_bytes(&self) -> usize {
+        self.reg.state_bytes()
+    }
+
+    /// Extra bytes held beyond what the main optimizer alone would hold: anchor + delta + the
+    /// reference optimizer's state (the paper's stated memory cost).
+    pub fn profit_overhead_bytes(&self) -> usize {
+        let per = self.reg.trainable_elements() * std::mem::size_of::<B::Elem>();
+        per * (self.config.reference.slots() + 1 + (self.config.restore == Restore::Anchor) as usize)
+    }
+
+    /// The anchor of tensor `i` (absent with [`Restore::Subtract`] or for frozen tensors).
+    pub fn anchor(&self, i: usize) -> Option<&B::Tensor> {
+        self.reg.states.get(i)?.anchor.as_ref()
+    }
+
+    /// The accumulated delta of tensor `i` (absent for frozen tensors).
+    pub fn delta(&self, i: usize) -> Option<&B::Tensor> {
+        self.reg.states.get(i)?.delta.as_ref()
+    }
+}
+
+/// `lr_main / lr_ref`, with `0 / 0` read as `1` (a degenerate ratio leaves `lr_ref` alone).
+fn ratio_of(main: f64, reference: f64) -> f64 {
+    if reference == 0.0 {
+        if main == 0.0 {
+            1.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        main / reference
+    }
+}

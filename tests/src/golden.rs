@@ -1,0 +1,290 @@
+//! Golden trajectories (format `profit-golden/1`, see `golden/README.md`) and their replay.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use profit_core::{Phase, Profit, ProfitConfig, StepReport, TensorOps};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Harness;
+
+/// A row-major matrix from a golden file.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Matrix {
+    /// `[rows, cols]`.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f64>,
+}
+
+/// One parameter of the least-squares problem.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ParamInit {
+    /// `w` or `b`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major initial values.
+    pub init: Vec<f64>,
+}
+
+/// The least-squares problem a case runs on.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Problem {
+    /// `X`, `[n, d]`.
+    pub features: Matrix,
+    /// `Y`, `[n, k]`.
+    pub targets: Matrix,
+    /// `w` (`[d, k]`) and `b` (`[k]`), in optimizer order.
+    pub params: Vec<ParamInit>,
+    /// Row indices of each call's batch.
+    pub batches: Vec<Vec<usize>>,
+}
+
+/// The state right after one call.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Record {
+    /// `warmup`, `reference` or `main`.
+    pub phase: String,
+    /// Loss at the parameters the gradient was taken at.
+    pub loss: f64,
+    /// Parameters after the call, by name.
+    pub params: BTreeMap<String, Vec<f64>>,
+    /// Main calls: `|g|^2` before projection (a list per tensor for per-tensor projection).
+    #[serde(default)]
+    pub grad_norm_sq: Option<Value>,
+    /// Main calls: omega.
+    #[serde(default)]
+    pub omega: Option<Value>,
+    /// Main calls: `|delta|^2`.
+    #[serde(default)]
+    pub delta_norm_sq: Option<Value>,
+    /// Main calls: whether the projection fired.
+    #[serde(default)]
+    pub projected: Option<Value>,
+}
+
+/// One golden case.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GoldenCase {
+    /// Case name.
+    pub name: String,
+    /// The problem.
+    pub problem: Problem,
+    /// PROFIT configuration, in the golden format (PyTorch names).
+    pub config: Value,
+    /// One record per call.
+    pub trajectory: Vec<Record>,
+}
+
+impl GoldenCase {
+    /// Read and parse one file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let case: GoldenCase = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if case.trajectory.len() != case.problem.batches.len() {
+            return Err(format!("{}: trajectory and batches differ in length", path.display()));
+        }
+        Ok(case)
+    }
+
+    /// The configuration as a [`ProfitConfig`].
+    pub fn profit_config(&self) -> Result<ProfitConfig, String> {
+        serde_json::from_value(self.config.clone()).map_err(|e| format!("{}: config: {e}", self.name))
+    }
+
+    /// Gradients (row-major, per parameter) and loss of the least-squares loss on `rows`, at
+    /// `params` (row-major `w` then `b`), in f64.
+    pub fn gradients(&self, rows: &[usize], params: &[Vec<f64>]) -> (Vec<Vec<f64>>, f64) {
+        lstsq_gradients(&self.problem, rows, params)
+    }
+}
+
+/// `loss = 0.5 * sum(r*r) / m` with `r = X[rows] @ w + b - Y[rows]`; returns `([grad_w, grad_b], loss)`.
+pub fn lstsq_gradients(p: &Problem, rows: &[usize], params: &[Vec<f64>]) -> (Vec<Vec<f64>>, f64) {
+    let d = p.features.shape[1];
+    let k = p.targets.shape[1];
+    let (w, b) = (&params[0], &params[1]);
+    let m = rows.len() as f64;
+    let mut gw = vec![0.0; d * k];
+    let mut gb = vec![0.0; k];
+    let mut loss = 0.0;
+    for &row in rows {
+        let x = &p.features.data[row * d..(row + 1) * d];
+        let y = &p.targets.data[row * k..(row + 1) * k];
+        for j in 0..k {
+            let mut pred = b[j];
+            for i in 0..d {
+                pred += x[i] * w[i * k + j];
+            }
+            let r = pred - y[j];
+            loss += 0.5 * r * r;
+            gb[j] += r / m;
+            for i in 0..d {
+                gw[i * k + j] += x[i] * r / m;
+            }
+        }
+    }
+    (vec![gw, gb], loss / m)
+}
+
+/// Golden files: the suite's own copies, plus every `*.json` in `$PROFIT_GOLDEN_DIR` when set
+/// (which must hold at least one).
+pub fn golden_files() -> Result<Vec<PathBuf>, String> {
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let mut files = json_files(&own)?;
+    if let Ok(dir) = std::env::var("PROFIT_GOLDEN_DIR") {
+        let extra = json_files(Path::new(&dir))?;
+        if extra.is_empty() {
+            return Err(format!("PROFIT_GOLDEN_DIR={dir} holds no *.json golden case"));
+        }
+        files.extend(extra);
+    }
+    Ok(files)
+}
+
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Worst errors of one replay.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayStats {
+    /// Worst parameter error over all calls (golden README metric).
+    pub worst_param: f64,
+    /// Worst relative error of omega / |delta|^2 / |g|^2 over main calls.
+    pub worst_stats: f64,
+    /// Main calls checked.
+    pub main_calls: usize,
+}
+
+fn values(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(a) => a.iter().filter_map(Value::as_f64).collect(),
+        other => other.as_f64().into_iter().collect(),
+    }
+}
+
+fn bools(v: &Value) -> Vec<bool> {
+    match v {
+        Value::Array(a) => a.iter().filter_map(Value::as_bool).collect(),
+        other => other.as_bool().into_iter().collect(),
+    }
+}
+
+/// Golden README error: `max |got - exp| / max(1, max |exp|)`.
+pub fn param_error(got: &[f64], exp: &[f64]) -> f64 {
+    let scale = exp.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    got.iter().zip(exp).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+/// Replay one case on a harness; `Err` describes the first mismatch.
+pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplayStats, String> {
+    let config = case.profit_config()?;
+    let named: Vec<(String, <H::B as TensorOps>::Tensor)> =
+        case.problem.params.iter().map(|p| (p.name.clone(), h.tensor(&p.shape, &p.init))).collect();
+    let refs: Vec<(&str, &<H::B as TensorOps>::Tensor)> =
+        named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut opt = Profit::<H::B>::with_names(config, &refs).map_err(|e| e.to_string())?;
+    let mut tensors: Vec<_> = named.into_iter().map(|(_, t)| t).collect();
+    let mut stats = ReplayStats::default();
+    // Relative tolerance of the reported statistics: tight in f64, loose in f32 where omega
+    // carries the rounding of every element.
+    let stats_tol = if tol < 1e-6 { 1e-8 } else { 1e-3 };
+    for (call, (rows, rec)) in case.problem.batches.iter().zip(&case.trajectory).enumerate() {
+        let at = |msg: String| format!("{} call {call}: {msg}", case.name);
+        let current: Vec<Vec<f64>> = tensors.iter().map(|t| h.values(t)).collect();
+        let (grads, _loss) = case.gradients(rows, &current);
+        let gts: Vec<_> =
+            case.problem.params.iter().zip(&grads).map(|(p, g)| h.tensor(&p.shape, g)).collect();
+        let mut pm: Vec<&mut _> = tensors.iter_mut().collect();
+        let gr: Vec<&_> = gts.iter().collect();
+        let report: StepReport = opt.step(&mut pm, &gr).map_err(|e| at(e.to_string()))?;
+        let phase = match report.phase {
+            Phase::Warmup => "warmup",
+            Phase::Reference => "reference",
+            Phase::Main => "main",
+            Phase::Skipped => "skipped",
+        };
+        if phase != rec.phase {
+            return Err(at(format!("phase {phase}, expected {}", rec.phase)));
+        }
+        for (p, t) in case.problem.params.iter().zip(&tensors) {
+            let exp = rec.params.get(&p.name).ok_or_else(|| at(format!("no params for {}", p.name)))?;
+            let err = param_error(&h.values(t), exp);
+            stats.worst_param = stats.worst_param.max(err);
+            if !(err <= tol) {
+                return Err(at(format!("param {} error {err:.3e} > {tol:.0e}", p.name)));
+            }
+        }
+        if report.phase == Phase::Main {
+            stats.main_calls += 1;
+            let main = report.main.ok_or_else(|| at("main call without report".into()))?;
+            let per_tensor = opt.tensor_reports();
+            // Each field is a list (one per tensor, per-tensor projection) or one global number.
+            let pick = |v: &Value, each: fn(&profit_core::TensorReport) -> f64, global: f64| -> Vec<f64> {
+                if v.is_array() {
+                    per_tensor.iter().map(each).collect()
+                } else {
+                    vec![global]
+                }
+            };
+            if let Some(p) = &rec.projected {
+                let got: Vec<bool> = if p.is_array() {
+                    per_tensor.iter().map(|r| r.projected).collect()
+                } else {
+                    vec![main.projected]
+                };
+                if bools(p) != got {
+                    return Err(at(format!("projected {got:?}, expected {p}")));
+                }
+            }
+            let fields = [
+                (&rec.omega, pick(rec.omega.as_ref().unwrap_or(&Value::Null), |r| r.omega, main.omega)),
+                (
+                    &rec.delta_norm_sq,
+                    pick(
+                        rec.delta_norm_sq.as_ref().unwrap_or(&Value::Null),
+                        |r| r.delta_norm_sq,
+                        main.delta_norm_sq,
+                    ),
+                ),
+                (
+                    &rec.grad_norm_sq,
+                    pick(
+                        rec.grad_norm_sq.as_ref().unwrap_or(&Value::Null),
+                        |r| r.grad_norm_sq,
+                        main.grad_norm_sq,
+                    ),
+                ),
+            ];
+            for (field, got) in fields {
+                if let Some(v) = field {
+                    let exp = values(v);
+                    if exp.len() != got.len() {
+                        return Err(at(format!(
+                            "statistic has {} entries, expected {}",
+                            got.len(),
+                            exp.len()
+                        )));
+                    }
+                    for (a, b) in got.iter().zip(exp) {
+                        let err = (a - b).abs() / b.abs().max(1e-300);
+                        stats.worst_stats = stats.worst_stats.max(err);
+                        if !(err <= stats_tol) {
+                            return Err(at(format!("omega/|delta|^2/|g|^2 {a:e}, expected {b:e}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(stats)
+}

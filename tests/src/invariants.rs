@@ -1,0 +1,277 @@
+//! The algorithm's invariants as property tests (proptest), generic over any backend.
+
+use profit_core::{
+    Adam, AdamW, GroupOptions, InnerConfig, ParamGroup, Phase, Profit, ProfitConfig, Projection, RmsProp,
+    Sgd, TensorOps,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use crate::Harness;
+
+type T<H> = <<H as Harness>::B as TensorOps>::Tensor;
+
+const SHAPES: [&[usize]; 2] = [&[3, 4], &[5]];
+
+/// Any inner optimizer with valid hyperparameters; `lr` given.
+pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
+    prop_oneof![
+        (0.0..0.95f64, 0.0..0.5f64, any::<bool>(), 0.0..0.1f64).prop_map(move |(m, d, n, wd)| {
+            let nesterov = n && m > 0.0;
+            InnerConfig::Sgd(Sgd {
+                lr,
+                momentum: m,
+                dampening: if nesterov { 0.0 } else { d },
+                nesterov,
+                weight_decay: wd,
+            })
+        }),
+        (0.5..0.95f64, 0.9..0.9999f64, 1e-8..1e-3f64, 0.0..0.1f64, any::<bool>()).prop_map(
+            move |(b1, b2, eps, wd, ams)| InnerConfig::Adam(Adam {
+                lr,
+                betas: (b1, b2),
+                eps,
+                weight_decay: wd,
+                amsgrad: ams
+            })
+        ),
+        (0.5..0.95f64, 0.9..0.9999f64, 1e-8..1e-3f64, 0.0..0.1f64, any::<bool>()).prop_map(
+            move |(b1, b2, eps, wd, ams)| InnerConfig::AdamW(AdamW {
+                lr,
+                betas: (b1, b2),
+                eps,
+                weight_decay: wd,
+                amsgrad: ams
+            })
+        ),
+        (0.8..0.999f64, 1e-8..1e-3f64, 0.0..0.1f64, 0.0..0.9f64, any::<bool>()).prop_map(
+            move |(alpha, eps, wd, m, c)| InnerConfig::RmsProp(RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay: wd,
+                momentum: m,
+                centered: c
+            })
+        ),
+    ]
+    .boxed()
+}
+
+fn vals(n: usize) -> impl Strategy<Value = Vec<f64>> {
+    proptest::collection::vec(-2.0..2.0f64, n)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Random values for every tensor of `SHAPES`, `k` times.
+fn arb_sets(k: usize) -> impl Strategy<Value = Vec<Vec<Vec<f64>>>> {
+    proptest::collection::vec(SHAPES.iter().map(|s| vals(numel(s))).collect::<Vec<_>>(), k)
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() })
+}
+
+fn tensors<H: Harness>(h: &H, shapes: &[&[usize]], v: &[Vec<f64>]) -> Vec<T<H>> {
+    shapes.iter().zip(v).map(|(s, d)| h.tensor(s, d)).collect()
+}
+
+fn step<H: Harness>(
+    opt: &mut Profit<H::B>,
+    params: &mut [T<H>],
+    grads: &[T<H>],
+) -> Result<profit_core::StepReport, TestCaseError> {
+    let mut p: Vec<&mut T<H>> = params.iter_mut().collect();
+    let g: Vec<&T<H>> = grads.iter().collect();
+    opt.step(&mut p, &g).map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
+fn read<H: Harness>(h: &H, ts: &[T<H>]) -> Vec<Vec<f64>> {
+    ts.iter().map(|t| h.values(t)).collect()
+}
+
+fn dot(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| x * y).sum()
+}
+
+fn fail(msg: String) -> TestCaseError {
+    TestCaseError::fail(msg)
+}
+
+fn run<S: Strategy>(label: String, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    if let Err(e) = runner().run(&strategy, test) {
+        panic!("{label}: {e}");
+    }
+}
+
+/// With `lr_main = 0` the main call returns the parameters exactly (bitwise) to the anchor.
+pub fn lr_zero_restores_anchor<H: Harness>(h: &H) {
+    let strategy =
+        (arb_inner(0.0), 1u64..4, 1e-4..1e-1f64, arb_sets(4), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
+    run(h.label(), strategy, |(main, n_ref, lr_ref, grads, p0, p1)| {
+        let config = ProfitConfig { n_ref, ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, main) };
+        let init = vec![p0, p1];
+        let mut params = tensors(h, &SHAPES, &init);
+        let refs: Vec<&T<H>> = params.iter().collect();
+        let mut opt = Profit::<H::B>::new(config, &refs).map_err(|e| fail(e.to_string()))?;
+        let anchor = read(h, &params);
+        for i in 0..=n_ref as usize {
+            let g = tensors(h, &SHAPES, &grads[i % grads.len()]);
+            let r = step::<H>(&mut opt, &mut params, &g)?;
+            if i < n_ref as usize {
+                prop_assert_eq!(r.phase, Phase::Reference);
+            } else {
+                prop_assert_eq!(r.phase, Phase::Main);
+            }
+        }
+        prop_assert_eq!(read(h, &params), anchor, "main call with lr 0 did not restore the anchor bitwise");
+        Ok(())
+    });
+}
+
+/// Main SGD with lr 1 recovers the gradient it used: `g_used = anchor - theta`.
+fn sgd_unit_config(lr_ref: f64) -> ProfitConfig {
+    ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, Sgd { lr: 1.0, ..Sgd::default() })
+}
+
+fn used_gradient(anchor: &[Vec<f64>], after: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    anchor.iter().zip(after).map(|(a, p)| a.iter().zip(p).map(|(x, y)| x - y).collect()).collect()
+}
+
+/// Relative tolerance for recovered gradients in this element type.
+fn rel_tol<H: Harness>() -> f64 {
+    if crate::tolerance::<H>() < 1e-6 {
+        1e-9
+    } else {
+        1e-3
+    }
+}
+
+/// After a projection the gradient used is orthogonal to delta; the projection fires exactly
+/// when `<delta, g> < 0`.
+pub fn projection_orthogonal<H: Harness>(h: &H) {
+    let strategy = (
+        1e-3..1e-1f64,
+        arb_sets(2),
+        0.1..2.0f64,
+        arb_sets(1),
+        vals(numel(SHAPES[0])),
+        vals(numel(SHAPES[1])),
+    );
+    run(h.label(), strategy, |(lr_ref, g, c, noise, p0, p1)| {
+        let mut params = tensors(h, &SHAPES, &[p0, p1]);
+        let refs: Vec<&T<H>> = params.iter().collect();
+        let mut opt = Profit::<H::B>::new(sgd_unit_config(lr_ref), &refs).map_err(|e| fail(e.to_string()))?;
+        let anchor = read(h, &params);
+        step::<H>(&mut opt, &mut params, &tensors(h, &SHAPES, &g[0]))?;
+        let delta: Vec<Vec<f64>> = (0..2).map(|i| h.values(opt.delta(i).expect("delta"))).collect();
+        // Main gradient leaning against delta, so that the projection fires most of the time.
+        let g2: Vec<Vec<f64>> = g[1]
+            .iter()
+            .zip(&delta)
+            .zip(&noise[0])
+            .map(|((a, d), n)| {
+                a.iter().zip(d).zip(n).map(|((a, d), n)| 0.2 * a * n - c * d / lr_ref).collect()
+            })
+            .collect();
+        let g2t = tensors(h, &SHAPES, &g2);
+        let g2r = read(h, &g2t);
+        let r = step::<H>(&mut opt, &mut params, &g2t)?;
+        let omega = dot(&delta, &g2r);
+        let main = r.main.ok_or_else(|| fail("no main report".into()))?;
+        prop_assert_eq!(main.projected, omega < 0.0, "projected flag vs omega {}", omega);
+        let used = used_gradient(&anchor, &read(h, &params));
+        let norm = |v: &[Vec<f64>]| dot(v, v).sqrt();
+        if main.projected {
+            let cos = dot(&used, &delta) / (norm(&used) * norm(&delta)).max(1e-300);
+            prop_assert!(cos.abs() <= rel_tol::<H>(), "<g_used, delta> not ~0: cos {}", cos);
+        }
+        Ok(())
+    });
+}
+
+/// With `omega >= 0`, or `delta = 0`, the gradient reaches the main optimizer unchanged.
+pub fn unprojected_gradient_unchanged<H: Harness>(h: &H) {
+    let strategy =
+        (prop_oneof![Just(0.0), 1e-3..1e-1f64], arb_sets(2), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
+    run(h.label(), strategy, |(lr_ref, g, p0, p1)| {
+        let mut params = tensors(h, &SHAPES, &[p0, p1]);
+        let refs: Vec<&T<H>> = params.iter().collect();
+        let mut opt = Profit::<H::B>::new(sgd_unit_config(lr_ref), &refs).map_err(|e| fail(e.to_string()))?;
+        let anchor = read(h, &params);
+        step::<H>(&mut opt, &mut params, &tensors(h, &SHAPES, &g[0]))?;
+        let delta: Vec<Vec<f64>> = (0..2).map(|i| h.values(opt.delta(i).expect("delta"))).collect();
+        let g2t = tensors(h, &SHAPES, &g[1]);
+        let g2 = read(h, &g2t);
+        let omega = dot(&delta, &g2);
+        prop_assume!(omega >= 0.0);
+        let r = step::<H>(&mut opt, &mut params, &g2t)?;
+        prop_assert!(!r.main.expect("main").projected);
+        let used = used_gradient(&anchor, &read(h, &params));
+        let scale = anchor.iter().flatten().chain(g2.iter().flatten()).fold(1.0f64, |m, x| m.max(x.abs()));
+        for (u, g) in used.iter().flatten().zip(g2.iter().flatten()) {
+            prop_assert!((u - g).abs() <= rel_tol::<H>() * scale, "gradient changed: {} vs {}", u, g);
+        }
+        Ok(())
+    });
+}
+
+/// Per-tensor projection on a single tensor is the global projection, bitwise.
+pub fn per_tensor_single_equals_global<H: Harness>(h: &H) {
+    let shape: &[usize] = &[4, 3];
+    let strategy = (arb_inner(1e-2), 1u64..3, proptest::collection::vec(vals(12), 7), vals(12));
+    run(h.label(), strategy, |(main, n_ref, grads, p)| {
+        let mut out = vec![];
+        for projection in [Projection::Global, Projection::PerTensor] {
+            let config = ProfitConfig {
+                n_ref,
+                projection,
+                ..ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main)
+            };
+            let mut params = vec![h.tensor(shape, &p)];
+            let mut opt = Profit::<H::B>::new(config, &[&params[0]]).map_err(|e| fail(e.to_string()))?;
+            let mut flags = vec![];
+            for g in &grads {
+                let r = step::<H>(&mut opt, &mut params, &[h.tensor(shape, g)])?;
+                flags.push(r.main.map(|m| m.projected));
+            }
+            out.push((h.values(&params[0]), flags));
+        }
+        prop_assert_eq!(&out[0], &out[1]);
+        Ok(())
+    });
+}
+
+/// A frozen group is never changed and stays out of the projection: the trainable tensors
+/// follow exactly the run of an optimizer built over them alone.
+pub fn frozen_groups_untouched<H: Harness>(h: &H) {
+    let strategy = (arb_inner(1e-2), arb_sets(6), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
+    run(h.label(), strategy, |(main, grads, p0, p1)| {
+        let config = ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main);
+        let mut both = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
+        let groups = vec![
+            ParamGroup::new([("w", &both[0])]),
+            ParamGroup::new([("b", &both[1])]).options(GroupOptions { frozen: true, ..Default::default() }),
+        ];
+        let mut opt = Profit::<H::B>::with_groups(config, groups).map_err(|e| fail(e.to_string()))?;
+        let mut alone = vec![h.tensor(SHAPES[0], &p0)];
+        let mut opt_alone = Profit::<H::B>::new(config, &[&alone[0]]).map_err(|e| fail(e.to_string()))?;
+        let frozen_before = h.values(&both[1]);
+        for g in &grads {
+            let gt = tensors(h, &SHAPES, g);
+            let r1 = step::<H>(&mut opt, &mut both, &gt)?;
+            let r2 = step::<H>(&mut opt_alone, &mut alone, &gt[..1])?;
+            prop_assert_eq!(r1.main.map(|m| m.projected), r2.main.map(|m| m.projected));
+        }
+        prop_assert_eq!(h.values(&both[1]), frozen_before, "frozen tensor changed");
+        prop_assert_eq!(
+            h.values(&both[0]),
+            h.values(&alone[0]),
+            "frozen tensor leaked into the trainable run"
+        );
+        Ok(())
+    });
+}
