@@ -27,6 +27,7 @@ pub struct Reduction {
 
 impl Reduction {
     /// Element-wise sum of two reductions.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, o: Reduction) -> Reduction {
         Reduction {
             omega: self.omega + o.omega,

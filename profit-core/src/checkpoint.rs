@@ -1,1 +1,389 @@
-//! Checkpoints (filled in below).
+//! Checkpoints: the whole PROFIT state at any call boundary (mid-cycle included), as a
+//! safetensors file whose tensors are keyed by parameter name and whose metadata header
+//! carries a format version, the configuration, the counters and the learning rates.
+//!
+//! Tensors: `{name}/delta`, `{name}/anchor` (restore mode `anchor`), `{name}/ref/{slot}` and
+//! `{name}/main/{slot}` with PyTorch's state names (`momentum_buffer`, `exp_avg`, ...).
+//! Frozen parameters hold no state and have no tensors. A resumed run continues bitwise
+//! identically. Loading checks everything (format, version, dtype, names, shapes, layout,
+//! sizes, values of the header) before it changes anything.
+
+use std::collections::{BTreeSet, HashMap};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::TensorOps;
+use crate::element::Element;
+use crate::error::{ProfitError, Result};
+use crate::optim::check_lr;
+use crate::params::GroupState;
+use crate::profit::{Profit, ProfitConfig, Restore};
+
+/// Value of the `format` header field.
+pub const FORMAT: &str = "profit-checkpoint";
+/// Current format version.
+pub const VERSION: u32 = 1;
+/// Metadata key holding the JSON header.
+const META_KEY: &str = "profit";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    dtype: String,
+    backend: String,
+    config: ProfitConfig,
+    calls: u64,
+    skipped: u64,
+    ref_steps: u64,
+    main_steps: u64,
+    groups: Vec<GroupHeader>,
+    params: Vec<ParamHeader>,
+    /// CRC-32 of every state tensor's bytes (in key order) and of this header's own JSON
+    /// (written with `crc32 = 0`): any change to a value is refused as corruption.
+    crc32: u32,
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct ParamHeader {
+    name: String,
+    shape: Vec<usize>,
+    group: usize,
+}
+
+/// Group rates; the ratio is stored as raw bits because it may be infinite.
+#[derive(Serialize, Deserialize)]
+struct GroupHeader {
+    lr: f64,
+    ref_lr: f64,
+    weight_decay: f64,
+    ref_weight_decay: f64,
+    ratio_bits: u64,
+    frozen: bool,
+}
+
+fn err(msg: impl Into<String>) -> ProfitError {
+    ProfitError::Checkpoint(msg.into())
+}
+
+fn dtype_of<E: Element>() -> Dtype {
+    match E::DTYPE {
+        "f64" => Dtype::F64,
+        _ => Dtype::F32,
+    }
+}
+
+/// The tensors a state holds, as (key, tensor index, which buffer).
+#[derive(Clone, Copy)]
+enum Buf {
+    Anchor,
+    Delta,
+    Ref(usize),
+    Main(usize),
+}
+
+impl<B: TensorOps> Profit<B> {
+    fn checkpoint_keys(&self) -> Vec<(String, usize, Buf)> {
+        let mut keys = vec![];
+        let refs = self.config.reference.slot_names();
+        let mains = self.config.main.slot_names();
+        for (i, name) in self.reg.names.iter().enumerate() {
+            if !self.reg.active[i] {
+                continue;
+            }
+            keys.push((format!("{name}/delta"), i, Buf::Delta));
+            if self.config.restore == Restore::Anchor {
+                keys.push((format!("{name}/anchor"), i, Buf::Anchor));
+            }
+            for (s, slot) in refs.iter().enumerate() {
+                keys.push((format!("{name}/ref/{slot}"), i, Buf::Ref(s)));
+            }
+            for (s, slot) in mains.iter().enumerate() {
+                keys.push((format!("{name}/main/{slot}"), i, Buf::Main(s)));
+            }
+        }
+        // Name order, not registration order: the checksum must not depend on how the
+        // loading optimizer ordered its parameters.
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys
+    }
+
+    fn buffer(&self, i: usize, b: Buf) -> Option<&B::Tensor> {
+        let s = &self.reg.states[i];
+        match b {
+            Buf::Anchor => s.anchor.as_ref(),
+            Buf::Delta => s.delta.as_ref(),
+            Buf::Ref(k) => s.ref_slots.get(k),
+            Buf::Main(k) => s.main_slots.get(k),
+        }
+    }
+
+    fn buffer_mut(&mut self, i: usize, b: Buf) -> Option<&mut B::Tensor> {
+        let s = &mut self.reg.states[i];
+        match b {
+            Buf::Anchor => s.anchor.as_mut(),
+            Buf::Delta => s.delta.as_mut(),
+            Buf::Ref(k) => s.ref_slots.get_mut(k),
+            Buf::Main(k) => s.main_slots.get_mut(k),
+        }
+    }
+
+    /// Serialize the whole optimizer state (safetensors bytes).
+    pub fn save_checkpoint(&self) -> Result<Vec<u8>> {
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            dtype: B::Elem::DTYPE.into(),
+            backend: B::NAME.into(),
+            config: self.config,
+            calls: self.calls,
+            skipped: self.skipped,
+            ref_steps: self.ref_steps,
+            main_steps: self.main_steps,
+            groups: self
+                .reg
+                .groups
+                .iter()
+                .map(|g| GroupHeader {
+                    lr: g.lr,
+                    ref_lr: g.ref_lr,
+                    weight_decay: g.weight_decay,
+                    ref_weight_decay: g.ref_weight_decay,
+                    ratio_bits: g.ratio.to_bits(),
+                    frozen: g.frozen,
+                })
+                .collect(),
+            crc32: 0,
+            params: self
+                .reg
+                .names
+                .iter()
+                .zip(&self.reg.shapes)
+                .zip(&self.reg.group_of)
+                .map(|((n, s), &g)| ParamHeader { name: n.clone(), shape: s.clone(), group: g })
+                .collect(),
+        };
+        let mut blobs = vec![];
+        for (key, i, b) in self.checkpoint_keys() {
+            let t = self.buffer(i, b).ok_or_else(|| err(format!("state buffer {key} missing")))?;
+            let mut host = vec![B::Elem::from_f64(0.0); B::numel(t)];
+            B::read(t, &mut host)?;
+            let mut bytes = Vec::with_capacity(host.len() * std::mem::size_of::<B::Elem>());
+            for x in host {
+                x.write_le(&mut bytes);
+            }
+            blobs.push((key, self.reg.shapes[i].clone(), bytes));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        for (_, _, bytes) in &blobs {
+            crc.update(bytes);
+        }
+        crc.update(serde_json::to_string(&header).map_err(|e| err(e.to_string()))?.as_bytes());
+        let header = Header { crc32: crc.finalize(), ..header };
+        let json = serde_json::to_string(&header).map_err(|e| err(e.to_string()))?;
+        let views = blobs
+            .iter()
+            .map(|(k, shape, bytes)| {
+                TensorView::new(dtype_of::<B::Elem>(), shape.clone(), bytes).map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        let meta = HashMap::from([(META_KEY.to_string(), json)]);
+        safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))
+    }
+
+    /// Save to a file.
+    pub fn save_checkpoint_file(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let bytes = self.save_checkpoint()?;
+        std::fs::write(path.as_ref(), bytes).map_err(|e| err(format!("{}: {e}", path.as_ref().display())))
+    }
+
+    /// Load a file written by [`save_checkpoint_file`](Self::save_checkpoint_file).
+    pub fn load_checkpoint_file(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let bytes =
+            std::fs::read(path.as_ref()).map_err(|e| err(format!("{}: {e}", path.as_ref().display())))?;
+        self.load_checkpoint(&bytes)
+    }
+
+    /// Restore the whole state from [`save_checkpoint`](Self::save_checkpoint) bytes.
+    ///
+    /// The optimizer must have been built over the same parameters (names, shapes, groups,
+    /// frozen flags), dtype and state layout (inner optimizer kinds and their state buffers,
+    /// restore mode); hyperparameters, counters and learning rates come from the checkpoint.
+    /// Anything that does not fit is refused with [`ProfitError::Checkpoint`] and nothing is
+    /// changed.
+    pub fn load_checkpoint(&mut self, bytes: &[u8]) -> Result<()> {
+        let (_, metadata) =
+            SafeTensors::read_metadata(bytes).map_err(|e| err(format!("corrupt file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("corrupt file: {e}")))?;
+        let json = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| err("no PROFIT header: not a PROFIT checkpoint"))?;
+        let h: Header = serde_json::from_str(json).map_err(|e| err(format!("bad header: {e}")))?;
+        if h.format != FORMAT {
+            return Err(err(format!("format `{}`, expected `{FORMAT}`", h.format)));
+        }
+        if h.version != VERSION {
+            return Err(err(format!("format version {}, this build reads version {VERSION}", h.version)));
+        }
+        if h.backend != B::NAME {
+            return Err(err(format!(
+                "checkpoint was written by backend `{}`, this optimizer runs on `{}` (storage orders may differ)",
+                h.backend,
+                B::NAME
+            )));
+        }
+        if h.dtype != B::Elem::DTYPE {
+            return Err(err(format!(
+                "checkpoint holds {} state, the optimizer is {}",
+                h.dtype,
+                B::Elem::DTYPE
+            )));
+        }
+        self.check_header(&h)?;
+
+        // Decode every tensor before touching anything.
+        let keys = self.checkpoint_keys();
+        let wanted: BTreeSet<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
+        let present: BTreeSet<&str> = st.names().into_iter().collect();
+        if let Some(k) = wanted.difference(&present).next() {
+            return Err(err(format!("missing tensor `{k}`")));
+        }
+        if let Some(k) = present.difference(&wanted).next() {
+            return Err(err(format!("unexpected tensor `{k}`")));
+        }
+        let expected_crc = h.crc32;
+        let width = std::mem::size_of::<B::Elem>();
+        let mut decoded = Vec::with_capacity(keys.len());
+        let mut crc = crc32fast::Hasher::new();
+        for (key, i, b) in &keys {
+            let view = st.tensor(key).map_err(|e| err(format!("{key}: {e}")))?;
+            if view.dtype() != dtype_of::<B::Elem>() {
+                return Err(err(format!("{key}: dtype {:?}, expected {}", view.dtype(), B::Elem::DTYPE)));
+            }
+            if view.shape() != self.reg.shapes[*i].as_slice() {
+                return Err(err(format!(
+                    "{key}: shape {:?}, expected {:?}",
+                    view.shape(),
+                    self.reg.shapes[*i]
+                )));
+            }
+            let data = view.data();
+            if data.len() != self.reg.shapes[*i].iter().product::<usize>() * width {
+                return Err(err(format!("{key}: {} bytes, wrong size", data.len())));
+            }
+            crc.update(data);
+            let values: Vec<B::Elem> = data.chunks_exact(width).map(B::Elem::read_le).collect();
+            decoded.push((*i, *b, values));
+        }
+        let canonical = Header { crc32: 0, ..h };
+        crc.update(serde_json::to_string(&canonical).map_err(|e| err(e.to_string()))?.as_bytes());
+        let h = Header { crc32: 0, ..canonical };
+        if crc.finalize() != expected_crc {
+            return Err(err("corrupt file: state tensors do not match their checksum"));
+        }
+
+        // Everything fits: apply.
+        for (i, b, values) in decoded {
+            let t = self.buffer_mut(i, b).ok_or_else(|| err("state buffer missing"))?;
+            B::write(t, &values)?;
+        }
+        for (g, gh) in self.reg.groups.iter_mut().zip(&h.groups) {
+            *g = GroupState {
+                lr: gh.lr,
+                ref_lr: gh.ref_lr,
+                weight_decay: gh.weight_decay,
+                ref_weight_decay: gh.ref_weight_decay,
+                ratio: f64::from_bits(gh.ratio_bits),
+                frozen: gh.frozen,
+            };
+        }
+        self.config = h.config;
+        self.calls = h.calls;
+        self.skipped = h.skipped;
+        self.ref_steps = h.ref_steps;
+        self.main_steps = h.main_steps;
+        Ok(())
+    }
+
+    /// Check that a header fits this optimizer and is internally consistent.
+    fn check_header(&self, h: &Header) -> Result<()> {
+        h.config.validate().map_err(|e| err(format!("header config: {e}")))?;
+        let (mine, theirs) = (&self.config, &h.config);
+        if mine.reference.slot_names() != theirs.reference.slot_names()
+            || mine.main.slot_names() != theirs.main.slot_names()
+            || mine.reference.kind() != theirs.reference.kind()
+            || mine.main.kind() != theirs.main.kind()
+            || mine.restore != theirs.restore
+        {
+            return Err(err(format!(
+                "state layout differs: checkpoint has {}/{} (restore {:?}), optimizer has {}/{} (restore {:?})",
+                theirs.reference.kind(),
+                theirs.main.kind(),
+                theirs.restore,
+                mine.reference.kind(),
+                mine.main.kind(),
+                mine.restore
+            )));
+        }
+        let names: BTreeSet<&str> = self.reg.names.iter().map(String::as_str).collect();
+        let file_names: BTreeSet<&str> = h.params.iter().map(|p| p.name.as_str()).collect();
+        if let Some(n) = names.difference(&file_names).next() {
+            return Err(err(format!("parameter `{n}` is missing from the checkpoint")));
+        }
+        if let Some(n) = file_names.difference(&names).next() {
+            return Err(err(format!("checkpoint has unknown parameter `{n}`")));
+        }
+        if h.params.len() != self.reg.names.len() {
+            return Err(err("checkpoint lists a parameter twice"));
+        }
+        if h.groups.len() != self.reg.groups.len() {
+            return Err(err(format!(
+                "{} parameter groups, optimizer has {}",
+                h.groups.len(),
+                self.reg.groups.len()
+            )));
+        }
+        for p in &h.params {
+            let i = self.reg.names.iter().position(|n| *n == p.name).unwrap_or(0);
+            if p.shape != self.reg.shapes[i] {
+                return Err(err(format!(
+                    "`{}`: shape {:?}, expected {:?}",
+                    p.name, p.shape, self.reg.shapes[i]
+                )));
+            }
+            if p.group != self.reg.group_of[i] {
+                return Err(err(format!(
+                    "`{}`: group {}, expected {}",
+                    p.name, p.group, self.reg.group_of[i]
+                )));
+            }
+        }
+        for (mine, gh) in self.reg.groups.iter().zip(&h.groups) {
+            if mine.frozen != gh.frozen {
+                return Err(err("a group's frozen flag differs"));
+            }
+            for (name, v) in [
+                ("lr", gh.lr),
+                ("ref_lr", gh.ref_lr),
+                ("weight_decay", gh.weight_decay),
+                ("ref_weight_decay", gh.ref_weight_decay),
+            ] {
+                check_lr(name, v).map_err(|e| err(format!("header group: {e}")))?;
+            }
+            if f64::from_bits(gh.ratio_bits).is_nan() {
+                return Err(err("header group: ratio is NaN"));
+            }
+        }
+        let (n, warm) = (h.config.n_ref, h.config.warmup_steps);
+        let cycled = h.calls.saturating_sub(warm);
+        let refs = cycled / (n + 1) * n + (cycled % (n + 1)).min(n);
+        if h.ref_steps != refs || h.ref_steps.checked_add(h.main_steps) != Some(h.calls) {
+            return Err(err("header counters are inconsistent with the cycle structure"));
+        }
+        Ok(())
+    }
+}

@@ -5,14 +5,18 @@ use crate::element::Element;
 use crate::error::{ProfitError, Result};
 use crate::optim::InnerConfig;
 use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
+use crate::profit::NonFinitePolicy;
 
 /// SGD, Adam, AdamW or RMSprop without PROFIT, on any backend.
 ///
-/// Non-finite gradients are refused with [`ProfitError::NonFiniteGradient`], nothing changed.
+/// Non-finite gradients are refused with [`ProfitError::NonFiniteGradient`], nothing changed
+/// (see [`with_non_finite`](Self::with_non_finite) for the other policies).
 pub struct Plain<B: TensorOps> {
     config: InnerConfig,
     reg: Registry<B>,
     steps: u64,
+    non_finite: NonFinitePolicy,
+    skipped: u64,
 }
 
 impl<B: TensorOps> Plain<B> {
@@ -36,15 +40,35 @@ impl<B: TensorOps> Plain<B> {
             })
         };
         let layout = Layout { anchor: false, delta: false, ref_slots: 0, main_slots: config.slots() };
-        Ok(Plain { config, reg: Registry::build(groups, base, &layout)?, steps: 0 })
+        Ok(Plain {
+            config,
+            reg: Registry::build(groups, base, &layout)?,
+            steps: 0,
+            non_finite: NonFinitePolicy::Error,
+            skipped: 0,
+        })
     }
 
-    /// One step. Checks everything before changing anything.
-    pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<()> {
+    /// The same optimizer with another non-finite gradient policy. `Propagate` drops the
+    /// gradient pre-pass (as `torch.optim` does: 28 bytes per parameter for Adam instead of 32).
+    pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
+        self.non_finite = policy;
+        self
+    }
+
+    /// One step. Checks everything before changing anything. Returns `false` when the call was
+    /// skipped for a non-finite gradient (policy `Skip`).
+    pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<bool> {
         self.reg.check_call(params, grads)?;
-        B::reduce_all(&self.reg.active, None, grads, &mut self.reg.reductions)?;
-        if let Some(name) = self.reg.non_finite() {
-            return Err(ProfitError::NonFiniteGradient { name: name.to_string() });
+        if self.non_finite != NonFinitePolicy::Propagate {
+            B::reduce_all(&self.reg.active, None, grads, &mut self.reg.reductions)?;
+            if let Some(name) = self.reg.non_finite() {
+                if self.non_finite == NonFinitePolicy::Skip {
+                    self.skipped += 1;
+                    return Ok(false);
+                }
+                return Err(ProfitError::NonFiniteGradient { name: name.to_string() });
+            }
         }
         let step = self.steps + 1;
         for i in 0..self.reg.names.len() {
@@ -56,7 +80,12 @@ impl<B: TensorOps> Plain<B> {
         }
         B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
         self.steps = step;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Calls skipped for non-finite gradients.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Steps taken.

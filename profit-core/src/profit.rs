@@ -118,11 +118,11 @@ impl ProfitConfig {
     pub fn validate(&self) -> Result<()> {
         self.reference.validate()?;
         self.main.validate()?;
-        if self.n_ref == 0 {
+        if self.n_ref == 0 || self.n_ref > u32::MAX as u64 {
             return Err(ProfitError::InvalidHyperparameter {
                 name: "n_ref",
-                value: 0.0,
-                reason: "must be >= 1",
+                value: self.n_ref as f64,
+                reason: "must be in 1..=2^32-1",
             });
         }
         if let Some(m) = self.max_grad_norm {

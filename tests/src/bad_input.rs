@@ -57,7 +57,10 @@ fn with_nan<H: Harness>(h: &H, v: f64) -> Vec<T<H>> {
     vec![h.tensor(SHAPES[0], &data(4, 6)), h.tensor(SHAPES[1], &d1)]
 }
 
-fn calls<H: Harness>() -> Vec<(&'static str, BadCall<H>, fn(&ProfitError) -> bool)> {
+/// A bad call, its description, and the error it must return.
+type Case<H> = (&'static str, BadCall<H>, fn(&ProfitError) -> bool);
+
+fn calls<H: Harness>() -> Vec<Case<H>> {
     vec![
         (
             "too few parameters",

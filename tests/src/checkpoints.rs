@@ -1,6 +1,210 @@
-//! Checkpoint conformance (issue 6).
+//! Checkpoint conformance: resume after every call of every golden case matches the
+//! uninterrupted run bitwise; files that do not fit are refused and change nothing.
+
+use profit_core::{Profit, ProfitConfig, ProfitError, TensorOps};
+use serde_json::Value;
+
+use crate::golden::{golden_files, GoldenCase};
 use crate::Harness;
-/// Save after every call, load, continue: bitwise identical.
-pub fn resume_every_call<H: Harness>(_h: &H) {}
-/// Corrupt checkpoints are refused.
-pub fn refuse_bad<H: Harness>(_h: &H) {}
+
+type T<H> = <<H as Harness>::B as TensorOps>::Tensor;
+
+struct Run<H: Harness> {
+    opt: Profit<H::B>,
+    params: Vec<T<H>>,
+}
+
+fn build<H: Harness>(h: &H, case: &GoldenCase, config: ProfitConfig, init: &[Vec<f64>]) -> Run<H> {
+    let params: Vec<T<H>> =
+        case.problem.params.iter().zip(init).map(|(p, v)| h.tensor(&p.shape, v)).collect();
+    let named: Vec<(&str, &T<H>)> =
+        case.problem.params.iter().zip(&params).map(|(p, t)| (p.name.as_str(), t)).collect();
+    let opt = Profit::<H::B>::with_names(config, &named).expect("golden config builds");
+    Run { opt, params }
+}
+
+fn call<H: Harness>(h: &H, case: &GoldenCase, run: &mut Run<H>, i: usize) {
+    let current: Vec<Vec<f64>> = run.params.iter().map(|t| h.values(t)).collect();
+    let (grads, _) = case.gradients(&case.problem.batches[i], &current);
+    let g: Vec<T<H>> = case.problem.params.iter().zip(&grads).map(|(p, v)| h.tensor(&p.shape, v)).collect();
+    let mut pm: Vec<&mut T<H>> = run.params.iter_mut().collect();
+    let gr: Vec<&T<H>> = g.iter().collect();
+    run.opt.step(&mut pm, &gr).expect("golden step");
+}
+
+fn values<H: Harness>(h: &H, run: &Run<H>) -> Vec<Vec<f64>> {
+    run.params.iter().map(|t| h.values(t)).collect()
+}
+
+fn init(case: &GoldenCase) -> Vec<Vec<f64>> {
+    case.problem.params.iter().map(|p| p.init.clone()).collect()
+}
+
+/// For every golden case: save after every call, load into a fresh optimizer (built with a
+/// different learning rate, which the checkpoint must override), continue, and match the
+/// uninterrupted run bitwise at every later call. Also: save(load(x)) == x.
+pub fn resume_every_call<H: Harness>(h: &H) {
+    let mut total_bytes = 0usize;
+    let mut cases = 0;
+    for f in golden_files().expect("golden files") {
+        let case = GoldenCase::load(&f).expect("golden case");
+        let config = case.profit_config().expect("config");
+        let n = case.trajectory.len();
+        let mut a = build::<H>(h, &case, config, &init(&case));
+        let mut saved = vec![];
+        let mut after = vec![];
+        for i in 0..n {
+            saved.push((a.opt.save_checkpoint().expect("save"), values(h, &a)));
+            call(h, &case, &mut a, i);
+            after.push(values(h, &a));
+        }
+        for (k, (bytes, params)) in saved.iter().enumerate() {
+            let mut other = config;
+            other.main = other.main.with_lr(other.main.lr() * 3.0 + 1.0);
+            let mut b = build::<H>(h, &case, other, params);
+            b.opt.load_checkpoint(bytes).unwrap_or_else(|e| panic!("{} call {k}: load: {e}", case.name));
+            assert_eq!(
+                &b.opt.save_checkpoint().expect("save"),
+                bytes,
+                "{}: save(load(x)) != x at call {k}",
+                case.name
+            );
+            for (i, expected) in after.iter().enumerate().skip(k) {
+                call(h, &case, &mut b, i);
+                assert_eq!(
+                    &values(h, &b),
+                    expected,
+                    "{} on {}: resumed at call {k}, call {i} differs from the uninterrupted run",
+                    case.name,
+                    h.label()
+                );
+            }
+        }
+        total_bytes = saved.last().map_or(0, |s| s.0.len());
+        cases += 1;
+    }
+    println!(
+        "checkpoint {:<18} {cases} cases resumed after every call, bitwise; last file {total_bytes} bytes",
+        h.label()
+    );
+}
+
+/// Split a safetensors file into its JSON header and the rest.
+fn split(bytes: &[u8]) -> (Value, Vec<u8>) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
+    (header, bytes[8 + n..].to_vec())
+}
+
+fn join(header: &Value, data: &[u8]) -> Vec<u8> {
+    let mut h = serde_json::to_vec(header).expect("json");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+/// Rewrite the PROFIT metadata JSON inside a checkpoint.
+fn edit_meta(bytes: &[u8], f: impl Fn(&mut Value)) -> Vec<u8> {
+    let (mut header, data) = split(bytes);
+    let meta = header["__metadata__"]["profit"].as_str().expect("profit metadata").to_string();
+    let mut m: Value = serde_json::from_str(&meta).expect("meta json");
+    f(&mut m);
+    header["__metadata__"]["profit"] = Value::String(m.to_string());
+    join(&header, &data)
+}
+
+/// Checkpoints that do not fit are refused with `ProfitError::Checkpoint`, and the optimizer
+/// then continues in lockstep with a twin that never saw them.
+pub fn refuse_bad<H: Harness>(h: &H) {
+    let file = golden_files()
+        .expect("golden files")
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains("sgd_adam_nref1"));
+    let case = GoldenCase::load(&file.expect("sgd_adam_nref1.json present")).expect("case");
+    let config = case.profit_config().expect("config");
+    let mut a = build::<H>(h, &case, config, &init(&case));
+    let mut twin = build::<H>(h, &case, config, &init(&case));
+    for i in 0..3 {
+        call(h, &case, &mut a, i);
+        call(h, &case, &mut twin, i);
+    }
+    let good = a.opt.save_checkpoint().expect("save");
+    // Checkpoints of optimizers that do not fit this one.
+    let other_names = {
+        let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
+        let o =
+            Profit::<H::B>::with_names(config, &[("weight", &params[0]), ("b", &params[1])]).expect("build");
+        o.save_checkpoint().expect("save")
+    };
+    let other_layout = {
+        let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
+        let mut c = config;
+        c.main = profit_core::Sgd { lr: 0.1, momentum: 0.9, ..Default::default() }.into();
+        let o = Profit::<H::B>::with_names(c, &[("w", &params[0]), ("b", &params[1])]).expect("build");
+        o.save_checkpoint().expect("save")
+    };
+    let (header, data) = split(&good);
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x40;
+    let mut bad: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), vec![]),
+        ("not safetensors".into(), b"definitely not a checkpoint".to_vec()),
+        ("flipped payload byte".into(), flipped),
+        ("other parameter names".into(), other_names),
+        ("other optimizer layout".into(), other_layout),
+        ("wrong version".into(), edit_meta(&good, |m| m["version"] = 99.into())),
+        ("wrong format".into(), edit_meta(&good, |m| m["format"] = "pytorch".into())),
+        (
+            "wrong dtype in header".into(),
+            edit_meta(&good, |m| m["dtype"] = if m["dtype"] == "f32" { "f64".into() } else { "f32".into() }),
+        ),
+        (
+            "shape mismatch in header".into(),
+            edit_meta(&good, |m| m["params"][0]["shape"] = serde_json::json!([2, 2])),
+        ),
+        (
+            "extra parameter in header".into(),
+            edit_meta(&good, |m| {
+                let mut extra = m["params"][0].clone();
+                extra["name"] = "ghost".into();
+                m["params"].as_array_mut().expect("params").push(extra);
+            }),
+        ),
+        ("inconsistent counters".into(), edit_meta(&good, |m| m["calls"] = 1000.into())),
+        ("negative lr in header".into(), edit_meta(&good, |m| m["groups"][0]["lr"] = (-1.0).into())),
+        ("invalid config in header".into(), edit_meta(&good, |m| m["config"]["n_ref"] = 0.into())),
+        ("no PROFIT metadata".into(), {
+            let mut hd = header.clone();
+            hd["__metadata__"] = serde_json::json!({});
+            join(&hd, &data)
+        }),
+        ("tensor renamed".into(), {
+            let mut hd = header.clone();
+            let obj = hd.as_object_mut().expect("object");
+            let key = obj.keys().find(|k| k.ends_with("/delta")).expect("delta key").clone();
+            let v = obj.remove(&key).expect("value");
+            obj.insert(format!("{key}x"), v);
+            join(&hd, &data)
+        }),
+    ];
+    for cut in [1, 8, 9, good.len() / 2, good.len() - 1] {
+        bad.push((format!("truncated to {cut} bytes"), good[..cut].to_vec()));
+    }
+    for (what, bytes) in &bad {
+        match a.opt.load_checkpoint(bytes) {
+            Err(ProfitError::Checkpoint(_)) => {}
+            other => panic!("{}: {what}: expected a checkpoint error, got {other:?}", h.label()),
+        }
+    }
+    for i in 3..case.trajectory.len() {
+        call(h, &case, &mut a, i);
+        call(h, &case, &mut twin, i);
+        assert_eq!(values(h, &a), values(h, &twin), "{}: a refused checkpoint changed the state", h.label());
+    }
+    println!("checkpoint {:<18} {} bad files refused, state unchanged", h.label(), bad.len());
+}

@@ -187,7 +187,17 @@ pub fn param_error(got: &[f64], exp: &[f64]) -> f64 {
 
 /// Replay one case on a harness; `Err` describes the first mismatch.
 pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplayStats, String> {
-    let config = case.profit_config()?;
+    replay_with(h, case, tol, |c| c)
+}
+
+/// Replay one case with its configuration modified by `edit` (e.g. another restore mode).
+pub fn replay_with<H: Harness>(
+    h: &H,
+    case: &GoldenCase,
+    tol: f64,
+    edit: impl Fn(ProfitConfig) -> ProfitConfig,
+) -> Result<ReplayStats, String> {
+    let config = edit(case.profit_config()?);
     let named: Vec<(String, <H::B as TensorOps>::Tensor)> =
         case.problem.params.iter().map(|p| (p.name.clone(), h.tensor(&p.shape, &p.init))).collect();
     let refs: Vec<(&str, &<H::B as TensorOps>::Tensor)> =
@@ -220,7 +230,8 @@ pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplaySt
             let exp = rec.params.get(&p.name).ok_or_else(|| at(format!("no params for {}", p.name)))?;
             let err = param_error(&h.values(t), exp);
             stats.worst_param = stats.worst_param.max(err);
-            if !(err <= tol) {
+            // NaN errors must fail too.
+            if err.is_nan() || err > tol {
                 return Err(at(format!("param {} error {err:.3e} > {tol:.0e}", p.name)));
             }
         }
@@ -278,7 +289,7 @@ pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplaySt
                     for (a, b) in got.iter().zip(exp) {
                         let err = (a - b).abs() / b.abs().max(1e-300);
                         stats.worst_stats = stats.worst_stats.max(err);
-                        if !(err <= stats_tol) {
+                        if err.is_nan() || err > stats_tol {
                             return Err(at(format!("omega/|delta|^2/|g|^2 {a:e}, expected {b:e}")));
                         }
                     }

@@ -275,3 +275,128 @@ pub fn frozen_groups_untouched<H: Harness>(h: &H) {
         Ok(())
     });
 }
+
+/// Clipping by global norm equals feeding gradients pre-scaled by
+/// `min(1, max_norm / (|g| + 1e-6))` (`torch.nn.utils.clip_grad_norm_`).
+pub fn clipping_equals_prescaled<H: Harness>(h: &H) {
+    let strategy =
+        (arb_inner(1e-2), 0.05..3.0f64, arb_sets(6), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
+    run(h.label(), strategy, |(main, max_norm, grads, p0, p1)| {
+        let base = ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main);
+        let clipped = ProfitConfig { max_grad_norm: Some(max_norm), ..base };
+        let mut pa = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
+        let mut pb = tensors(h, &SHAPES, &[p0, p1]);
+        let mut a =
+            Profit::<H::B>::new(clipped, &pa.iter().collect::<Vec<_>>()).map_err(|e| fail(e.to_string()))?;
+        let mut b =
+            Profit::<H::B>::new(base, &pb.iter().collect::<Vec<_>>()).map_err(|e| fail(e.to_string()))?;
+        for g in &grads {
+            let gt = tensors(h, &SHAPES, g);
+            let gv = read(h, &gt);
+            let norm = dot(&gv, &gv).sqrt();
+            let s = (max_norm / (norm + 1e-6)).min(1.0);
+            let scaled: Vec<Vec<f64>> = gv.iter().map(|t| t.iter().map(|x| x * s).collect()).collect();
+            let ra = step::<H>(&mut a, &mut pa, &gt)?;
+            let rb = step::<H>(&mut b, &mut pb, &tensors(h, &SHAPES, &scaled))?;
+            prop_assert!((ra.grad_scale - s).abs() <= 1e-12 * s.max(1.0), "scale {} vs {}", ra.grad_scale, s);
+            prop_assert_eq!(ra.main.map(|m| m.projected), rb.main.map(|m| m.projected));
+        }
+        let (va, vb) = (read(h, &pa), read(h, &pb));
+        for (x, y) in va.iter().flatten().zip(vb.iter().flatten()) {
+            prop_assert!(
+                (x - y).abs() <= rel_tol::<H>() * x.abs().max(1.0),
+                "clipped run {} vs prescaled {}",
+                x,
+                y
+            );
+        }
+        Ok(())
+    });
+}
+
+/// Per-group learning rates and weight decay: with per-tensor projection, two groups follow
+/// exactly (bitwise) two optimizers built over each group alone with those rates.
+pub fn group_rates_match_separate<H: Harness>(h: &H) {
+    let strategy = (
+        arb_inner(1e-2),
+        1e-3..1e-1f64,
+        1e-4..1e-2f64,
+        0.0..0.1f64,
+        arb_sets(6),
+        vals(numel(SHAPES[0])),
+        vals(numel(SHAPES[1])),
+    );
+    run(h.label(), strategy, |(main, lr, ref_lr, wd, grads, p0, p1)| {
+        let config = ProfitConfig {
+            projection: Projection::PerTensor,
+            ..ProfitConfig::new(Sgd { lr: 1e-3, ..Sgd::default() }, main)
+        };
+        let mut both = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
+        let opts = GroupOptions { lr: Some(lr), ref_lr: Some(ref_lr), weight_decay: Some(wd), frozen: false };
+        let groups =
+            vec![ParamGroup::new([("w", &both[0])]), ParamGroup::new([("b", &both[1])]).options(opts)];
+        let mut grouped = Profit::<H::B>::with_groups(config, groups).map_err(|e| fail(e.to_string()))?;
+        let mut w = vec![h.tensor(SHAPES[0], &p0)];
+        let mut b = vec![h.tensor(SHAPES[1], &p1)];
+        let mut ow = Profit::<H::B>::new(config, &[&w[0]]).map_err(|e| fail(e.to_string()))?;
+        let own = ProfitConfig {
+            reference: config.reference.with_lr(ref_lr),
+            main: with_weight_decay(config.main.with_lr(lr), wd),
+            ..config
+        };
+        let mut ob = Profit::<H::B>::new(own, &[&b[0]]).map_err(|e| fail(e.to_string()))?;
+        for g in &grads {
+            let gt = tensors(h, &SHAPES, g);
+            step::<H>(&mut grouped, &mut both, &gt)?;
+            step::<H>(&mut ow, &mut w, &gt[..1])?;
+            step::<H>(&mut ob, &mut b, &gt[1..])?;
+        }
+        prop_assert_eq!(h.values(&both[0]), h.values(&w[0]));
+        prop_assert_eq!(h.values(&both[1]), h.values(&b[0]));
+        Ok(())
+    });
+}
+
+fn with_weight_decay(c: InnerConfig, wd: f64) -> InnerConfig {
+    match c {
+        InnerConfig::Sgd(s) => InnerConfig::Sgd(Sgd { weight_decay: wd, ..s }),
+        InnerConfig::Adam(s) => InnerConfig::Adam(Adam { weight_decay: wd, ..s }),
+        InnerConfig::AdamW(s) => InnerConfig::AdamW(AdamW { weight_decay: wd, ..s }),
+        InnerConfig::RmsProp(s) => InnerConfig::RmsProp(RmsProp { weight_decay: wd, ..s }),
+    }
+}
+
+/// Restore by subtraction (`theta' - delta`, no anchor kept) with `lr_main = 0`: measures how
+/// far the restored weights land from the anchor, in units of the element type's epsilon at the
+/// golden README's scale (`|restored - anchor| / (eps * max(1, |anchor|))`); exact restore (anchor mode) is checked bitwise by
+/// [`lr_zero_restores_anchor`]. Bounded by a few eps per reference step.
+pub fn subtract_restore_error<H: Harness>(h: &H) {
+    let worst = std::cell::Cell::new(0.0f64);
+    let eps = if crate::tolerance::<H>() < 1e-6 { f64::EPSILON } else { f32::EPSILON as f64 };
+    let strategy = (1u64..4, 1e-7..1e-1f64, arb_sets(4), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
+    run(h.label(), strategy, |(n_ref, lr_ref, grads, p0, p1)| {
+        let config = ProfitConfig {
+            n_ref,
+            restore: profit_core::Restore::Subtract,
+            ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, Sgd { lr: 0.0, ..Sgd::default() })
+        };
+        let mut params = tensors(h, &SHAPES, &[p0, p1]);
+        let refs: Vec<&T<H>> = params.iter().collect();
+        let mut opt = Profit::<H::B>::new(config, &refs).map_err(|e| fail(e.to_string()))?;
+        let anchor = read(h, &params);
+        for i in 0..=n_ref as usize {
+            step::<H>(&mut opt, &mut params, &tensors(h, &SHAPES, &grads[i % grads.len()]))?;
+        }
+        for (a, b) in anchor.iter().flatten().zip(read(h, &params).iter().flatten()) {
+            let ulps = (a - b).abs() / (eps * a.abs().max(1.0));
+            worst.set(worst.get().max(ulps));
+            prop_assert!(ulps <= 8.0 * (n_ref as f64 + 1.0), "restored {} vs anchor {}: {} eps", b, a, ulps);
+        }
+        Ok(())
+    });
+    println!(
+        "restore=subtract {:<18} worst restore error {:.2} eps * max(1, |anchor|) (anchor mode: 0, bitwise)",
+        h.label(),
+        worst.get()
+    );
+}

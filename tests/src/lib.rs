@@ -123,6 +123,18 @@ macro_rules! conformance_suite {
                 $crate::with_harness($make, $crate::invariants::frozen_groups_untouched);
             }
             #[test]
+            fn invariant_clipping_equals_prescaled_gradients() {
+                $crate::with_harness($make, $crate::invariants::clipping_equals_prescaled);
+            }
+            #[test]
+            fn invariant_group_rates_match_separate_optimizers() {
+                $crate::with_harness($make, $crate::invariants::group_rates_match_separate);
+            }
+            #[test]
+            fn invariant_subtract_restore_error_is_bounded() {
+                $crate::with_harness($make, $crate::invariants::subtract_restore_error);
+            }
+            #[test]
             fn bad_input_changes_nothing() {
                 $crate::with_harness($make, $crate::bad_input::all);
             }

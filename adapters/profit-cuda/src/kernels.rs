@@ -1,0 +1,104 @@
+//! The PTX this crate launches and the names of its entry points.
+//!
+//! The kernels' source is `cuda-kernels/profit.cu` at the repository root; its PTX
+//! (`cuda-kernels/ptx/profit.ptx`, made by `cuda-kernels/build-ptx.sh` with the pinned CUDA 13.0
+//! compiler for `compute_80`) is embedded in this crate. When `nvcc` was found at build time the
+//! freshly compiled PTX is embedded too and tried first.
+
+/// The committed PTX (`cuda-kernels/ptx/profit.ptx`).
+pub const COMMITTED_PTX: &str = include_str!("../../../cuda-kernels/ptx/profit.ptx");
+
+/// PTX compiled by `nvcc` at build time, or `""` when no `nvcc` was available.
+pub const NVCC_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/profit_nvcc.ptx"));
+
+/// Elements one apply block covers (`APPLY_CHUNK` in `profit.cu`).
+pub const APPLY_CHUNK: u64 = 1024;
+/// Threads per apply block.
+pub const APPLY_THREADS: u32 = 256;
+/// Elements one reduction block covers (`REDUCE_CHUNK` in `profit.cu`).
+pub const REDUCE_CHUNK: u64 = 4096;
+/// Threads per reduction block.
+pub const REDUCE_THREADS: u32 = 256;
+/// Elements per scalar set (`SC_STRIDE` in `profit.cu`).
+pub const SC_STRIDE: usize = 10;
+/// `u64` words per tensor descriptor (`struct Desc` in `profit.cu`).
+pub const DESC_WORDS: usize = 10;
+
+/// Element type names, in kernel-table order.
+pub const DTYPES: [&str; 2] = ["f32", "f64"];
+/// Pass names, in kernel-table order (`PLAIN .. MAIN_SUB` in `profit.cu`).
+pub const PASSES: [&str; 6] =
+    ["plain", "ref_first_anchor", "ref_first", "ref_acc", "main_anchor", "main_sub"];
+/// Rule names, in kernel-table order (`SGD .. RMSPROP` in `profit.cu`).
+pub const RULES: [&str; 5] = ["sgd", "sgdm", "adam", "amsgrad", "rmsprop"];
+/// The final (element-type independent) reduction kernel.
+pub const REDUCE_FINAL: &str = "profit_reduce_final";
+
+/// Name of the apply kernel for element type, pass and rule indices.
+pub fn apply_entry(dtype: usize, pass: usize, rule: usize) -> String {
+    format!("profit_apply_{}_{}_{}", DTYPES[dtype], PASSES[pass], RULES[rule])
+}
+
+/// Name of the first reduction kernel for an element type index.
+pub fn reduce_partials_entry(dtype: usize) -> String {
+    format!("profit_reduce_partials_{}", DTYPES[dtype])
+}
+
+/// Every entry point the Rust side loads, in load order.
+pub fn entry_points() -> Vec<String> {
+    let mut v = Vec::with_capacity(DTYPES.len() * (PASSES.len() * RULES.len() + 1) + 1);
+    for d in 0..DTYPES.len() {
+        for p in 0..PASSES.len() {
+            for r in 0..RULES.len() {
+                v.push(apply_entry(d, p, r));
+            }
+        }
+    }
+    for d in 0..DTYPES.len() {
+        v.push(reduce_partials_entry(d));
+    }
+    v.push(REDUCE_FINAL.to_string());
+    v
+}
+
+/// The `.entry` names declared in a PTX text.
+pub fn ptx_entries(ptx: &str) -> Vec<&str> {
+    ptx.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix(".visible")?.trim_start().strip_prefix(".entry")?;
+            let name = rest.trim_start().split(|c: char| c == '(' || c.is_whitespace()).next()?;
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+/// The PTX ISA version a PTX text declares (`.version 9.0` gives `(9, 0)`).
+pub fn ptx_isa_version(ptx: &str) -> Option<(u32, u32)> {
+    let v = ptx.lines().find_map(|l| l.trim().strip_prefix(".version"))?.trim();
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_entries_and_version() {
+        let ptx =
+            ".version 9.0\n.target sm_80\n.visible .entry foo(\n\t.param .u64 a\n)\n.visible .entry bar()\n";
+        assert_eq!(ptx_entries(ptx), vec!["foo", "bar"]);
+        assert_eq!(ptx_isa_version(ptx), Some((9, 0)));
+        assert_eq!(ptx_isa_version(".target sm_80"), None);
+    }
+
+    #[test]
+    fn entry_names_are_distinct() {
+        let mut names = entry_points();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert_eq!(n, 2 * 6 * 5 + 3);
+    }
+}

@@ -1,0 +1,49 @@
+//! # profit-cuda
+//!
+//! PROFIT on NVIDIA GPUs: [`Cuda<E>`] implements [`profit_core::TensorOps`] over
+//! [`CudaTensor<E>`] (`E = f32` or `f64`) with fused PTX kernels (`cuda-kernels/profit.cu`)
+//! driven by [cudarc](https://docs.rs/cudarc).
+//!
+//! - Every pass is one pass over memory (SPEC section 4): a reference call reads `theta, g` and
+//!   writes `theta, delta` (+ the anchor); a main call reduces `<delta, g>, |delta|^2, |g|^2`
+//!   in f64, then projects, restores and steps the main optimizer in one more pass.
+//! - One launch covers all tensors (a device table of pointers and per-tensor scalars), so a
+//!   step costs O(1) launches whatever the number of tensors; reductions come back as three
+//!   `f64` per tensor. Tables and scratch are kept and reused: a step allocates nothing.
+//! - The element math mirrors profit-core's host loops operation for operation (no FMA
+//!   contraction, IEEE division and square root), so the apply passes round as the CPU
+//!   backends do; reductions are deterministic (fixed order) but summed in another order than
+//!   on the host.
+//! - Without a driver or a GPU the crate still builds and [`CudaBackend::new`] returns
+//!   [`BackendError::Unavailable`](profit_core::BackendError::Unavailable); nothing panics.
+//!
+//! ```
+//! use profit_core::{Adam, Profit, ProfitConfig, Sgd};
+//! use profit_cuda::{Cuda, CudaBackend};
+//!
+//! let gpu = match CudaBackend::new(0) {
+//!     Ok(gpu) => gpu,
+//!     Err(e) => { println!("skipped: {e}"); return; }
+//! };
+//! let mut w = gpu.upload(&[3, 2], &[1.0f32; 6]).unwrap();
+//! let config = ProfitConfig::new(Sgd { lr: 1e-4, ..Default::default() }, Adam { lr: 1e-3, ..Default::default() });
+//! let mut opt = Profit::<Cuda<f32>>::with_names(config, &[("w", &w)]).unwrap();
+//! let g = gpu.upload(&[3, 2], &[0.5f32; 6]).unwrap();
+//! opt.step(&mut [&mut w], &[&g]).unwrap();
+//! ```
+//!
+//! Parameters kept elsewhere move in and out with [`CudaBackend::upload`],
+//! [`CudaTensor::copy_from_host`], [`CudaTensor::copy_to_host`] and [`CudaTensor::to_vec`].
+//!
+//! Storage in bf16/f16 is not implemented (f32 and f64 only).
+
+#![warn(missing_docs)]
+
+mod device;
+pub mod kernels;
+mod ops;
+mod tensor;
+
+pub use device::{CudaBackend, PtxSource};
+pub use ops::Cuda;
+pub use tensor::{CudaElement, CudaTensor};

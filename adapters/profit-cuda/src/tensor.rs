@@ -1,0 +1,113 @@
+//! Device tensors: a `CudaSlice` plus a shape and the handle of the backend that made it.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+use profit_core::{BackendError, Element};
+
+use crate::device::{driver_err, Device};
+
+/// An element type the CUDA kernels are compiled for (`f32`, `f64`).
+pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits + Unpin {
+    /// Index of the type in [`kernels::DTYPES`](crate::kernels::DTYPES).
+    const DTYPE_INDEX: usize;
+}
+
+impl CudaElement for f32 {
+    const DTYPE_INDEX: usize = 0;
+}
+
+impl CudaElement for f64 {
+    const DTYPE_INDEX: usize = 1;
+}
+
+/// A row-major tensor in GPU memory, made by a [`CudaBackend`](crate::CudaBackend).
+///
+/// It carries its backend's handle (context, stream, kernels, scratch), so that
+/// [`TensorOps`](profit_core::TensorOps)'s associated functions can launch work on it.
+pub struct CudaTensor<E> {
+    /// Device memory: `max(len, 1)` elements (CUDA refuses empty allocations), `len` used.
+    pub(crate) data: CudaSlice<E>,
+    pub(crate) len: usize,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dev: Arc<Device>,
+}
+
+impl<E> std::fmt::Debug for CudaTensor<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTensor").field("shape", &self.shape).field("device", &self.dev.ordinal).finish()
+    }
+}
+
+impl<E: CudaElement> CudaTensor<E> {
+    /// Shape (row-major dimensions).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The backend this tensor lives on.
+    pub fn backend(&self) -> crate::CudaBackend {
+        crate::CudaBackend { dev: self.dev.clone() }
+    }
+
+    /// The elements as a device view (for use with other cudarc code on the backend's stream).
+    pub fn view(&self) -> CudaView<'_, E> {
+        self.data.slice(0..self.len)
+    }
+
+    /// The elements as a mutable device view.
+    pub fn view_mut(&mut self) -> CudaViewMut<'_, E> {
+        self.data.slice_mut(0..self.len)
+    }
+
+    /// Copy the elements into `out` (`out.len() == self.len()`), waiting for the copy.
+    pub fn copy_to_host(&self, out: &mut [E]) -> Result<(), BackendError> {
+        if out.len() != self.len {
+            return Err(BackendError::Device(format!(
+                "copy to host: {} elements into a buffer of {}",
+                self.len,
+                out.len()
+            )));
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        let s = &self.dev.stream;
+        s.memcpy_dtoh(&self.view(), out).map_err(driver_err)?;
+        s.synchronize().map_err(driver_err)
+    }
+
+    /// The elements as a host vector.
+    pub fn to_vec(&self) -> Result<Vec<E>, BackendError> {
+        let mut v = vec![E::zero(); self.len];
+        self.copy_to_host(&mut v)?;
+        Ok(v)
+    }
+
+    /// Overwrite the elements from host memory (`src.len() == self.len()`), waiting for the copy.
+    pub fn copy_from_host(&mut self, src: &[E]) -> Result<(), BackendError> {
+        if src.len() != self.len {
+            return Err(BackendError::Device(format!(
+                "copy from host: {} values into a tensor of {}",
+                src.len(),
+                self.len
+            )));
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        let dev = self.dev.clone();
+        dev.stream.memcpy_htod(src, &mut self.view_mut()).map_err(driver_err)?;
+        dev.stream.synchronize().map_err(driver_err)
+    }
+}

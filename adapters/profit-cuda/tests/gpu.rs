@@ -1,0 +1,422 @@
+//! GPU checks against the host backend (profit-ndarray): every test prints `SKIPPED` and
+//! passes where no CUDA driver or device is present.
+//!
+//! The apply kernels mirror profit-core's host loops operation for operation, so plain
+//! optimizer steps and fused passes must match the host **bitwise**; reductions are summed in
+//! another (fixed) order, so PROFIT trajectories, whose projection coefficient comes from them,
+//! match to rounding.
+
+use ndarray::{ArrayD, IxDyn};
+use profit_core::host::reduce_slices;
+use profit_core::{
+    Adam, AdamW, Element, InnerConfig, Kernel, Pass, Plain, Profit, ProfitConfig, Projection, Reduction,
+    Restore, RmsProp, Sgd, TensorOps, TensorState,
+};
+use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
+use profit_ndarray::NdArray;
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(g) => {
+            println!("GPU: {} ({} SMs, PTX {:?})", g.device_name(), g.sm_count(), g.ptx_source());
+            Some(g)
+        }
+        Err(e) => {
+            println!("SKIPPED: no CUDA device: {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn data(seed: u64, n: usize) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn cast<E: Element>(v: &[f64]) -> Vec<E> {
+    v.iter().map(|&x| E::from_f64(x)).collect()
+}
+
+fn host<E: Element>(shape: &[usize], v: &[f64]) -> ArrayD<E> {
+    ArrayD::from_shape_vec(IxDyn(shape), cast(v)).expect("shape")
+}
+
+fn dev<E: CudaElement>(g: &CudaBackend, shape: &[usize], v: &[f64]) -> CudaTensor<E> {
+    g.upload(shape, &cast::<E>(v)).expect("upload")
+}
+
+/// Bit patterns, every NaN counted as one (payloads and signs of NaN differ between CPUs and GPUs).
+fn bits<E: Element>(v: &[E]) -> Vec<u64> {
+    v.iter().map(|x| if x.is_nan() { u64::MAX } else { x.as_f64().to_bits() }).collect()
+}
+
+fn assert_same<E: CudaElement>(what: &str, d: &CudaTensor<E>, h: &ArrayD<E>) {
+    let dv = d.to_vec().expect("download");
+    let hv = h.as_slice().expect("contiguous");
+    if bits(&dv) != bits(hv) {
+        let (db, hb) = (bits(&dv), bits(hv));
+        let i = (0..dv.len()).find(|&i| db[i] != hb[i]).unwrap_or(0);
+        panic!("{what}: differs from the host at element {i} of {}: {:?} vs {:?}", dv.len(), dv[i], hv[i]);
+    }
+}
+
+fn assert_close<E: CudaElement>(what: &str, d: &CudaTensor<E>, h: &ArrayD<E>, tol: f64) {
+    let dv = d.to_vec().expect("download");
+    for (i, (a, b)) in dv.iter().zip(h.iter()).enumerate() {
+        let (a, b) = (a.as_f64(), b.as_f64());
+        assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: element {i}: {a} vs host {b}");
+    }
+}
+
+const SHAPES: [&[usize]; 6] = [&[7, 13], &[1], &[3000], &[1024], &[1025], &[3, 4099]];
+
+fn inner_configs() -> Vec<InnerConfig> {
+    vec![
+        Sgd { lr: 0.1, ..Default::default() }.into(),
+        Sgd { lr: 0.05, weight_decay: 0.01, ..Default::default() }.into(),
+        Sgd { lr: 0.05, momentum: 0.9, ..Default::default() }.into(),
+        Sgd { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 0.02, ..Default::default() }.into(),
+        Sgd { lr: 0.05, momentum: 0.8, nesterov: true, ..Default::default() }.into(),
+        Adam { lr: 0.01, ..Default::default() }.into(),
+        Adam { lr: 0.01, weight_decay: 0.05, betas: (0.8, 0.99), ..Default::default() }.into(),
+        Adam { lr: 0.01, amsgrad: true, ..Default::default() }.into(),
+        AdamW { lr: 0.01, ..Default::default() }.into(),
+        AdamW { lr: 0.01, amsgrad: true, weight_decay: 0.1, ..Default::default() }.into(),
+        RmsProp { lr: 0.01, ..Default::default() }.into(),
+        RmsProp { lr: 0.01, centered: true, weight_decay: 0.01, ..Default::default() }.into(),
+        RmsProp { lr: 0.01, momentum: 0.9, ..Default::default() }.into(),
+        RmsProp { lr: 0.01, momentum: 0.9, centered: true, ..Default::default() }.into(),
+    ]
+}
+
+fn plain_bitwise<E: CudaElement>(g: &CudaBackend) {
+    for (c, inner) in inner_configs().into_iter().enumerate() {
+        let init: Vec<Vec<f64>> =
+            SHAPES.iter().enumerate().map(|(i, s)| data(i as u64, s.iter().product())).collect();
+        let mut hp: Vec<ArrayD<E>> = SHAPES.iter().zip(&init).map(|(s, v)| host(s, v)).collect();
+        let mut dp: Vec<CudaTensor<E>> = SHAPES.iter().zip(&init).map(|(s, v)| dev(g, s, v)).collect();
+        let mut ho = Plain::<NdArray<E>>::new(inner, &hp.iter().collect::<Vec<_>>()).expect("host optimizer");
+        let mut dopt = Plain::<Cuda<E>>::new(inner, &dp.iter().collect::<Vec<_>>()).expect("cuda optimizer");
+        for step in 0..4u64 {
+            let grads: Vec<Vec<f64>> = SHAPES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| data(100 * step + i as u64 + 7, s.iter().product()))
+                .collect();
+            let hg: Vec<ArrayD<E>> = SHAPES.iter().zip(&grads).map(|(s, v)| host(s, v)).collect();
+            let dg: Vec<CudaTensor<E>> = SHAPES.iter().zip(&grads).map(|(s, v)| dev(g, s, v)).collect();
+            ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &hg.iter().collect::<Vec<_>>())
+                .expect("host step");
+            dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &dg.iter().collect::<Vec<_>>())
+                .expect("cuda step");
+            for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
+                assert_same(&format!("{} config {c} ({inner:?}) step {step} tensor {i}", E::DTYPE), d, h);
+            }
+        }
+    }
+}
+
+#[test]
+fn plain_optimizers_match_host_bitwise() {
+    let Some(g) = gpu() else { return };
+    plain_bitwise::<f32>(&g);
+    plain_bitwise::<f64>(&g);
+}
+
+fn profit_configs() -> Vec<ProfitConfig> {
+    let base =
+        ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    vec![
+        base,
+        ProfitConfig { projection: Projection::PerTensor, ..base },
+        ProfitConfig { restore: Restore::Subtract, ..base },
+        ProfitConfig { n_ref: 2, warmup_steps: 2, ..base },
+        ProfitConfig { max_grad_norm: Some(0.5), ..base },
+        ProfitConfig::new(
+            Sgd { lr: 1e-3, momentum: 0.9, ..Default::default() },
+            RmsProp { lr: 1e-2, centered: true, momentum: 0.5, ..Default::default() },
+        ),
+        ProfitConfig {
+            n_ref: 3,
+            ..ProfitConfig::new(
+                Adam { lr: 1e-4, ..Default::default() },
+                AdamW { lr: 1e-2, ..Default::default() },
+            )
+        },
+    ]
+}
+
+fn profit_close<E: CudaElement>(g: &CudaBackend, tol: f64) {
+    for (c, config) in profit_configs().into_iter().enumerate() {
+        let init: Vec<Vec<f64>> =
+            SHAPES.iter().enumerate().map(|(i, s)| data(i as u64 + 50, s.iter().product())).collect();
+        let mut hp: Vec<ArrayD<E>> = SHAPES.iter().zip(&init).map(|(s, v)| host(s, v)).collect();
+        let mut dp: Vec<CudaTensor<E>> = SHAPES.iter().zip(&init).map(|(s, v)| dev(g, s, v)).collect();
+        let mut ho =
+            Profit::<NdArray<E>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host optimizer");
+        let mut dopt =
+            Profit::<Cuda<E>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("cuda optimizer");
+        for call in 0..10u64 {
+            // Gradients that alternate in sign so that the projection fires on some main calls.
+            let sign = if call % 3 == 1 { -1.0 } else { 1.0 };
+            let grads: Vec<Vec<f64>> = SHAPES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let v = data(i as u64 + 9 + call % 2, s.iter().product());
+                    v.iter().map(|x| sign * (x + 0.3)).collect()
+                })
+                .collect();
+            let hg: Vec<ArrayD<E>> = SHAPES.iter().zip(&grads).map(|(s, v)| host(s, v)).collect();
+            let dg: Vec<CudaTensor<E>> = SHAPES.iter().zip(&grads).map(|(s, v)| dev(g, s, v)).collect();
+            let hr = ho
+                .step(&mut hp.iter_mut().collect::<Vec<_>>(), &hg.iter().collect::<Vec<_>>())
+                .expect("host");
+            let dr = dopt
+                .step(&mut dp.iter_mut().collect::<Vec<_>>(), &dg.iter().collect::<Vec<_>>())
+                .expect("cuda");
+            let what = format!("{} config {c} call {call}", E::DTYPE);
+            assert_eq!(hr.phase, dr.phase, "{what}");
+            match (hr.main, dr.main) {
+                (Some(h), Some(d)) => {
+                    assert_eq!(h.projected, d.projected, "{what}: projected");
+                    for (a, b) in [
+                        (d.omega, h.omega),
+                        (d.delta_norm_sq, h.delta_norm_sq),
+                        (d.grad_norm_sq, h.grad_norm_sq),
+                    ] {
+                        assert!(
+                            (a - b).abs() <= 1e-9 * b.abs().max(1e-300),
+                            "{what}: reduction {a} vs host {b}"
+                        );
+                    }
+                }
+                (None, None) => {}
+                other => panic!("{what}: reports differ: {other:?}"),
+            }
+            for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
+                assert_close(&format!("{what} tensor {i}"), d, h, tol);
+                if config.max_grad_norm.is_none() && call < config.warmup_steps + config.n_ref {
+                    // Before the first main call nothing depends on a reduction: bitwise.
+                    assert_same(&format!("{what} tensor {i}"), d, h);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn profit_matches_host() {
+    let Some(g) = gpu() else { return };
+    profit_close::<f32>(&g, 1e-5);
+    profit_close::<f64>(&g, 1e-12);
+}
+
+#[test]
+fn many_tensors_and_a_large_one_in_one_launch() {
+    let Some(g) = gpu() else { return };
+    // 1000 small tensors plus one spanning more blocks than the grid (grid-stride loop).
+    let mut shapes: Vec<Vec<usize>> = (0..1000).map(|i| vec![1 + (i * 37) % 300]).collect();
+    shapes.push(vec![(g.sm_count() as usize * 8 + 5) * 1024 + 17]);
+    let init: Vec<Vec<f64>> = shapes.iter().enumerate().map(|(i, s)| data(i as u64, s[0])).collect();
+    let mut hp: Vec<ArrayD<f32>> = shapes.iter().zip(&init).map(|(s, v)| host(s, v)).collect();
+    let mut dp: Vec<CudaTensor<f32>> = shapes.iter().zip(&init).map(|(s, v)| dev(&g, s, v)).collect();
+    let config = ProfitConfig { restore: Restore::Anchor, ..Default::default() };
+    let mut ho = Profit::<NdArray<f32>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host");
+    let mut dopt = Profit::<Cuda<f32>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("cuda");
+    for call in 0..4u64 {
+        let grads: Vec<Vec<f64>> =
+            shapes.iter().enumerate().map(|(i, s)| data(call * 7919 + i as u64, s[0])).collect();
+        let hg: Vec<ArrayD<f32>> = shapes.iter().zip(&grads).map(|(s, v)| host(s, v)).collect();
+        let dg: Vec<CudaTensor<f32>> = shapes.iter().zip(&grads).map(|(s, v)| dev(&g, s, v)).collect();
+        ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &hg.iter().collect::<Vec<_>>()).expect("host");
+        dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &dg.iter().collect::<Vec<_>>()).expect("cuda");
+        for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
+            if call == 0 {
+                assert_same(&format!("call {call} tensor {i}"), d, h);
+            } else {
+                assert_close(&format!("call {call} tensor {i}"), d, h, 1e-5);
+            }
+        }
+    }
+}
+
+/// Random optimizer state for one tensor: anchor, delta and three slots, valid for every rule:
+/// slot 0 in [1, 2) (RMSprop's square average), slots 1 and 2 in [0, 0.1) (second moments; a
+/// centered RMSprop's gradient average, small enough that `square_avg - grad_avg^2 > 0`).
+fn state_values(seed: u64, n: usize) -> [Vec<f64>; 5] {
+    let scaled = |s, a: f64, b: f64| data(s, n).iter().map(|x| a + b * x.abs()).collect::<Vec<_>>();
+    [
+        data(seed, n),
+        data(seed + 1, n),
+        scaled(seed + 2, 1.0, 1.0),
+        scaled(seed + 3, 0.0, 0.1),
+        scaled(seed + 4, 0.0, 0.1),
+    ]
+}
+
+#[test]
+fn mixed_passes_and_rules_in_one_call_match_host_bitwise() {
+    let Some(g) = gpu() else { return };
+    let passes = [Pass::Plain, Pass::Reference { first: true }, Pass::Reference { first: false }, Pass::Main];
+    let rules: Vec<InnerConfig> = inner_configs();
+    let n_tensors = 40;
+    let mut hk = vec![];
+    let (mut hp, mut dp, mut hg, mut dg, mut hs, mut ds) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for t in 0..n_tensors {
+        let n = 1 + (t * 331) % 2500;
+        let shape = [n];
+        let pass = passes[t % passes.len()];
+        let inner = rules[t % rules.len()];
+        let with_anchor = t % 3 != 0;
+        let rule = inner.rule::<f32>(1 + (t as u64 % 3), inner.lr(), inner.weight_decay());
+        hk.push(Kernel { pass, rule, grad_scale: 0.75f32, proj: if t % 2 == 0 { -0.3 } else { 0.0 } });
+        let [a, d, s0, s1, s2] = state_values(1000 + t as u64 * 10, n);
+        let p = data(t as u64, n);
+        let gr = data(t as u64 + 500, n);
+        hp.push(host::<f32>(&shape, &p));
+        dp.push(dev::<f32>(&g, &shape, &p));
+        hg.push(host::<f32>(&shape, &gr));
+        dg.push(dev::<f32>(&g, &shape, &gr));
+        let slots = [&s0, &s1, &s2];
+        let hslots: Vec<ArrayD<f32>> = slots.iter().map(|v| host(&shape, v)).collect();
+        let dslots: Vec<CudaTensor<f32>> = slots.iter().map(|v| dev(&g, &shape, v)).collect();
+        let (href, hmain, dref, dmain) = if matches!(pass, Pass::Reference { .. }) {
+            (hslots, vec![], dslots, vec![])
+        } else {
+            (vec![], hslots, vec![], dslots)
+        };
+        hs.push(TensorState {
+            anchor: with_anchor.then(|| host(&shape, &a)),
+            delta: Some(host(&shape, &d)),
+            ref_slots: href,
+            main_slots: hmain,
+        });
+        ds.push(TensorState {
+            anchor: with_anchor.then(|| dev(&g, &shape, &a)),
+            delta: Some(dev(&g, &shape, &d)),
+            ref_slots: dref,
+            main_slots: dmain,
+        });
+    }
+    let active: Vec<bool> = (0..n_tensors).map(|t| t % 7 != 3).collect();
+    NdArray::<f32>::apply_all(
+        &active,
+        &hk,
+        &mut hp.iter_mut().collect::<Vec<_>>(),
+        &hg.iter().collect::<Vec<_>>(),
+        &mut hs,
+    )
+    .expect("host apply_all");
+    Cuda::<f32>::apply_all(
+        &active,
+        &hk,
+        &mut dp.iter_mut().collect::<Vec<_>>(),
+        &dg.iter().collect::<Vec<_>>(),
+        &mut ds,
+    )
+    .expect("cuda apply_all");
+    for t in 0..n_tensors {
+        let what = format!("tensor {t} ({:?}, {:?}, active {})", hk[t].pass, hk[t].rule, active[t]);
+        assert_same(&format!("{what} param"), &dp[t], &hp[t]);
+        assert_same(&format!("{what} delta"), ds[t].delta.as_ref().unwrap(), hs[t].delta.as_ref().unwrap());
+        if let (Some(d), Some(h)) = (&ds[t].anchor, &hs[t].anchor) {
+            assert_same(&format!("{what} anchor"), d, h);
+        }
+        for (j, (d, h)) in ds[t]
+            .ref_slots
+            .iter()
+            .chain(&ds[t].main_slots)
+            .zip(hs[t].ref_slots.iter().chain(&hs[t].main_slots))
+            .enumerate()
+        {
+            assert_same(&format!("{what} slot {j}"), d, h);
+        }
+    }
+}
+
+fn reductions<E: CudaElement>(g: &CudaBackend) {
+    let sizes = [1usize, 4095, 4096, 4097, 100_000, (1 << 20) + 3];
+    let ds: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 1, n)).collect();
+    let gs: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 77, n)).collect();
+    let grads: Vec<CudaTensor<E>> = sizes.iter().zip(&gs).map(|(&n, v)| dev(g, &[n], v)).collect();
+    let states: Vec<TensorState<CudaTensor<E>>> = sizes
+        .iter()
+        .zip(&ds)
+        .map(|(&n, v)| TensorState {
+            anchor: None,
+            delta: Some(dev(g, &[n], v)),
+            ref_slots: vec![],
+            main_slots: vec![],
+        })
+        .collect();
+    let active = vec![true; sizes.len()];
+    let gref: Vec<&CudaTensor<E>> = grads.iter().collect();
+    let mut a = vec![Reduction::default(); sizes.len()];
+    let mut b = vec![Reduction::default(); sizes.len()];
+    Cuda::<E>::reduce_all(&active, Some(&states), &gref, &mut a).expect("reduce");
+    Cuda::<E>::reduce_all(&active, Some(&states), &gref, &mut b).expect("reduce again");
+    assert_eq!(a, b, "reductions are not deterministic");
+    let mut c = vec![Reduction::default(); sizes.len()];
+    Cuda::<E>::reduce_all(&active, None, &gref, &mut c).expect("grad-only reduce");
+    for i in 0..sizes.len() {
+        let (d, gv): (Vec<E>, Vec<E>) = (cast(&ds[i]), cast(&gs[i]));
+        let h = reduce_slices(Some(&d), &gv);
+        for (x, y) in [(a[i].omega, h.omega), (a[i].delta_sq, h.delta_sq), (a[i].grad_sq, h.grad_sq)] {
+            assert!(
+                (x - y).abs() <= 1e-12 * y.abs().max(1e-300),
+                "{} size {}: {x} vs host {y}",
+                E::DTYPE,
+                sizes[i]
+            );
+        }
+        assert_eq!(c[i].grad_sq.to_bits(), a[i].grad_sq.to_bits(), "grad-only |g|^2 differs");
+        assert_eq!((c[i].omega, c[i].delta_sq), (0.0, 0.0));
+        let one = Cuda::<E>::reduce(states[i].delta.as_ref(), &grads[i]).expect("reduce one");
+        assert_eq!(one, a[i], "reduce and reduce_all differ");
+    }
+}
+
+#[test]
+fn reductions_are_deterministic_and_match_host() {
+    let Some(g) = gpu() else { return };
+    reductions::<f32>(&g);
+    reductions::<f64>(&g);
+}
+
+#[test]
+fn non_finite_gradient_shows_in_grad_sq() {
+    let Some(g) = gpu() else { return };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut v = vec![0.5f32; 50_000];
+        v[31_337] = bad;
+        let t = g.upload(&[50_000], &v).expect("upload");
+        let r = Cuda::<f32>::reduce(None, &t).expect("reduce");
+        assert!(!r.grad_sq.is_finite(), "{bad}: |g|^2 = {}", r.grad_sq);
+    }
+    // And the optimizer refuses the step, changing nothing.
+    let mut w = g.upload(&[4], &[1.0f32, 2.0, 3.0, 4.0]).expect("upload");
+    let mut opt = Profit::<Cuda<f32>>::new(ProfitConfig::default(), &[&w]).expect("optimizer");
+    let bad = g.upload(&[4], &[0.0f32, f32::NAN, 0.0, 0.0]).expect("upload");
+    assert!(opt.step(&mut [&mut w], &[&bad]).is_err());
+    assert_eq!(w.to_vec().expect("download"), vec![1.0, 2.0, 3.0, 4.0]);
+}
+
+#[test]
+fn copies_and_empty_tensors() {
+    let Some(g) = gpu() else { return };
+    let a = g.upload(&[2, 3], &[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("upload");
+    let mut b = Cuda::<f64>::zeros_like(&a).expect("zeros");
+    Cuda::<f64>::copy(&mut b, &a).expect("copy");
+    assert_eq!(b.to_vec().expect("download"), a.to_vec().expect("download"));
+    assert!(g.upload(&[2, 2], &[1.0f64; 3]).is_err(), "a wrong-length upload must be refused");
+    let e = g.zeros::<f32>(&[0, 4]).expect("empty");
+    assert!(e.is_empty());
+    assert_eq!(Cuda::<f32>::reduce(None, &e).expect("reduce"), Reduction::default());
+}

@@ -1,0 +1,355 @@
+// PROFIT's fused passes for NVIDIA GPUs (issue 4), driven by adapters/profit-cuda.
+//
+// profit-core describes each per-tensor pass as data (`Kernel { pass, rule, grad_scale, proj }`,
+// profit-core/src/backend.rs); the element math is profit-core/src/optim.rs (`*Rule::update`)
+// and the loop is profit-core/src/host.rs (`fused_loop`). The kernels below mirror them operation
+// for operation, so that, compiled without FMA contraction and with IEEE division and square
+// root (see build-ptx.sh), every element rounds exactly as on the host.
+//
+// Multi-tensor launches. One launch covers many tensors: `desc` is a device table with one
+// `Desc` per tensor (pointers, length, first block, scalar-set index and rule flags); the launch
+// walks a flattened (tensor, block) index with a grid-stride loop and finds each block's tensor
+// by binary search over `block_start`. Each apply block covers APPLY_CHUNK elements; each
+// reduction block REDUCE_CHUNK elements.
+//
+// Every apply kernel is one pass over memory: each array is read at most once and each written
+// array written once. Reductions accumulate in f64 in a fixed order (a fixed thread-to-element
+// map, a fixed shared-memory tree, then per tensor a fixed-order reduction of the block
+// partials), so results are bitwise reproducible whatever the grid size.
+//
+// Entry points (the Rust side checks the PTX holds every one of them):
+//   profit_apply_<f32|f64>_<pass>_<rule>
+//       pass: plain, ref_first_anchor, ref_first, ref_acc, main_anchor, main_sub
+//       rule: sgd, sgdm, adam, amsgrad, rmsprop
+//   profit_reduce_partials_<f32|f64>, profit_reduce_final
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+// Mirrored by `Desc` in adapters/profit-cuda/src/launch.rs: 10 little-endian u64 words.
+struct Desc {
+    u64 p, g, d, a, s0, s1, s2;  // device pointers (0 where the pass does not use the array)
+    u64 n;                       // elements
+    u64 block_start;             // first flattened block of this tensor in this launch
+    u64 meta;                    // scalar-set index (low 32 bits) | rule flags << 32
+};
+
+#define APPLY_THREADS 256
+#define APPLY_PER_THREAD 4
+#define APPLY_CHUNK (APPLY_THREADS * APPLY_PER_THREAD)
+#define REDUCE_THREADS 256
+#define REDUCE_PER_THREAD 16
+#define REDUCE_CHUNK (REDUCE_THREADS * REDUCE_PER_THREAD)
+
+// Scalar set layout (SC_STRIDE elements of the tensor's element type):
+//   [0] grad_scale, [1] proj, then the rule's constants:
+//   sgd:          [2] lr, [3] weight_decay
+//   sgdm:         [2] lr, [3] weight_decay, [4] momentum, [5] 1 - dampening
+//   adam/amsgrad: [2] l2, [3] decay, [4] 1 - beta1, [5] beta2, [6] 1 - beta2,
+//                 [7] sqrt(bias_correction2), [8] step_size, [9] eps
+//   rmsprop:      [2] lr, [3] weight_decay, [4] alpha, [5] 1 - alpha, [6] lerp weight,
+//                 [7] eps, [8] momentum
+#define SC_STRIDE 10
+
+#define F_NESTEROV 1u
+#define F_FIRST 2u
+#define F_CENTERED 4u
+#define F_MOMENTUM 8u
+
+enum { PLAIN = 0, REF_FIRST_ANCHOR = 1, REF_FIRST = 2, REF_ACC = 3, MAIN_ANCHOR = 4, MAIN_SUB = 5 };
+enum { SGD = 0, SGDM = 1, ADAM = 2, AMSGRAD = 3, RMSPROP = 4 };
+
+__device__ __forceinline__ float sqrt_rn(float x) { return __fsqrt_rn(x); }
+__device__ __forceinline__ double sqrt_rn(double x) { return __dsqrt_rn(x); }
+
+// `torch.lerp` as PyTorch's CPU kernel (and profit-core's `lerp`) evaluates it.
+// `|w| < 0.5` is written as two comparisons: identical for every input, NaN included.
+template <typename T>
+__device__ __forceinline__ T lerp_pt(T start, T end, T w) {
+    if (w < T(0.5) && -w < T(0.5)) {
+        return start + w * (end - start);
+    }
+    return end - (end - start) * (T(1) - w);
+}
+
+template <int RULE>
+__device__ __forceinline__ int n_slots(u32 flags) {
+    switch (RULE) {
+        case SGD: return 0;
+        case SGDM: return 1;
+        case ADAM: return 2;
+        case AMSGRAD: return 3;
+        default: return 1 + ((flags & F_CENTERED) ? 1 : 0) + ((flags & F_MOMENTUM) ? 1 : 0);
+    }
+}
+
+// One element of one inner optimizer step: returns `u` (new parameter `p + u`) and updates the
+// slots `x, y, z` (in InnerConfig::slot_names order). Mirrors Rule::update.
+template <typename T, int RULE>
+__device__ __forceinline__ T rule_update(const T* __restrict__ c, u32 flags, T p, T g, T& x, T& y, T& z) {
+    if (RULE == SGD) {
+        T d = g + c[3] * p;
+        return -(c[2] * d);
+    } else if (RULE == SGDM) {
+        T d = g + c[3] * p;
+        T b = (flags & F_FIRST) ? d : c[4] * x + c[5] * d;
+        x = b;
+        T step = (flags & F_NESTEROV) ? d + c[4] * b : b;
+        return -(c[2] * step);
+    } else if (RULE == ADAM || RULE == AMSGRAD) {
+        T gg = g + c[2] * p;
+        T m1 = lerp_pt(x, gg, c[4]);
+        T v1 = y * c[5] + c[6] * gg * gg;
+        x = m1;
+        y = v1;
+        T vv = v1;
+        if (RULE == AMSGRAD) {
+            T mx = z > v1 ? z : v1;
+            z = mx;
+            vv = mx;
+        }
+        T denom = sqrt_rn(vv) / c[7] + c[9];
+        return c[3] * p - c[8] * m1 / denom;
+    } else {
+        // RMSprop. Slots: square_avg, then grad_avg if centered, then momentum_buffer if
+        // momentum (Rule::update's mapping).
+        T gg = g + c[3] * p;
+        T s = c[4] * x + c[5] * gg * gg;
+        x = s;
+        T avg;
+        if (flags & F_CENTERED) {
+            T ga = lerp_pt(y, gg, c[6]);
+            y = ga;
+            avg = sqrt_rn(s - ga * ga) + c[7];
+        } else {
+            avg = sqrt_rn(s) + c[7];
+        }
+        if (flags & F_MOMENTUM) {
+            T& buf = (flags & F_CENTERED) ? z : y;
+            T b = c[8] * buf + gg / avg;
+            buf = b;
+            return -(c[2] * b);
+        }
+        return -(c[2] * gg / avg);
+    }
+}
+
+// The tensor owning flattened block `b`: the last entry with block_start <= b.
+__device__ __forceinline__ u32 find_tensor(const Desc* __restrict__ desc, u32 nt, u64 b) {
+    u32 lo = 0, hi = nt;
+    while (hi - lo > 1) {
+        u32 mid = (lo + hi) / 2;
+        if (desc[mid].block_start <= b) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// The fused pass: host.rs `fused_loop`, APPLY_PER_THREAD elements per thread, all loads of a
+// thread issued before its stores.
+template <typename T, int PASS, int RULE>
+__device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
+                                           const T* __restrict__ scalars) {
+    const bool reads_d = PASS == REF_ACC || PASS == MAIN_ANCHOR || PASS == MAIN_SUB;
+    for (u64 b = blockIdx.x; b < total_blocks; b += gridDim.x) {
+        const Desc* D = desc + find_tensor(desc, nt, b);
+        const u64 n = D->n;
+        const u64 base = (b - D->block_start) * APPLY_CHUNK + threadIdx.x;
+        T* __restrict__ p = (T*)D->p;
+        const T* __restrict__ g = (const T*)D->g;
+        T* __restrict__ d = (T*)D->d;
+        T* __restrict__ a = (T*)D->a;
+        T* __restrict__ s0 = (T*)D->s0;
+        T* __restrict__ s1 = (T*)D->s1;
+        T* __restrict__ s2 = (T*)D->s2;
+        const u32 flags = (u32)(D->meta >> 32);
+        const T* __restrict__ c = scalars + (u64)(u32)D->meta * SC_STRIDE;
+        const T gs = c[0];
+        const T pj = c[1];
+        const int ns = n_slots<RULE>(flags);
+
+        T gv[APPLY_PER_THREAD], pv[APPLY_PER_THREAD], dv[APPLY_PER_THREAD];
+        T xv[APPLY_PER_THREAD], yv[APPLY_PER_THREAD], zv[APPLY_PER_THREAD];
+#pragma unroll
+        for (int k = 0; k < APPLY_PER_THREAD; ++k) {
+            const u64 i = base + (u64)k * APPLY_THREADS;
+            gv[k] = T(0);
+            pv[k] = T(0);
+            dv[k] = T(0);
+            xv[k] = T(0);
+            yv[k] = T(0);
+            zv[k] = T(0);
+            if (i < n) {
+                gv[k] = g[i];
+                pv[k] = PASS == MAIN_ANCHOR ? a[i] : p[i];
+                if (reads_d) dv[k] = d[i];
+                if (ns > 0) xv[k] = s0[i];
+                if (ns > 1) yv[k] = s1[i];
+                if (ns > 2) zv[k] = s2[i];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < APPLY_PER_THREAD; ++k) {
+            const u64 i = base + (u64)k * APPLY_THREADS;
+            if (i < n) {
+                T gi = gs * gv[k];
+                T p0;
+                if (PASS == MAIN_ANCHOR) {
+                    p0 = pv[k];
+                    gi = gi - pj * dv[k];
+                } else if (PASS == MAIN_SUB) {
+                    p0 = pv[k] - dv[k];
+                    gi = gi - pj * dv[k];
+                } else {
+                    p0 = pv[k];
+                }
+                T x = xv[k], y = yv[k], z = zv[k];
+                T u = rule_update<T, RULE>(c, flags, p0, gi, x, y, z);
+                if (ns > 0) s0[i] = x;
+                if (ns > 1) s1[i] = y;
+                if (ns > 2) s2[i] = z;
+                p[i] = p0 + u;
+                if (PASS == REF_FIRST_ANCHOR) {
+                    a[i] = p0;
+                    d[i] = u;
+                } else if (PASS == REF_FIRST) {
+                    d[i] = u;
+                } else if (PASS == REF_ACC) {
+                    d[i] = dv[k] + u;
+                }
+            }
+        }
+    }
+}
+
+#define APPLY_ENTRY(T, TN, PASS, PN, RULE, RN)                                                     \
+    extern "C" __global__ void __launch_bounds__(APPLY_THREADS)                                   \
+        profit_apply_##TN##_##PN##_##RN(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,  \
+                                        const T* __restrict__ scalars) {                          \
+        apply_body<T, PASS, RULE>(desc, nt, total_blocks, scalars);                               \
+    }
+
+#define APPLY_RULES(T, TN, PASS, PN)                  \
+    APPLY_ENTRY(T, TN, PASS, PN, SGD, sgd)            \
+    APPLY_ENTRY(T, TN, PASS, PN, SGDM, sgdm)          \
+    APPLY_ENTRY(T, TN, PASS, PN, ADAM, adam)          \
+    APPLY_ENTRY(T, TN, PASS, PN, AMSGRAD, amsgrad)    \
+    APPLY_ENTRY(T, TN, PASS, PN, RMSPROP, rmsprop)
+
+#define APPLY_PASSES(T, TN)                                  \
+    APPLY_RULES(T, TN, PLAIN, plain)                         \
+    APPLY_RULES(T, TN, REF_FIRST_ANCHOR, ref_first_anchor)   \
+    APPLY_RULES(T, TN, REF_FIRST, ref_first)                 \
+    APPLY_RULES(T, TN, REF_ACC, ref_acc)                     \
+    APPLY_RULES(T, TN, MAIN_ANCHOR, main_anchor)             \
+    APPLY_RULES(T, TN, MAIN_SUB, main_sub)
+
+APPLY_PASSES(float, f32)
+APPLY_PASSES(double, f64)
+
+// Fixed-order shared-memory tree over REDUCE_THREADS values of three accumulators; thread 0
+// ends with the sums.
+__device__ __forceinline__ void block_tree3(double* s_om, double* s_dd, double* s_gg, double om, double dd,
+                                            double gg) {
+    const u32 t = threadIdx.x;
+    s_om[t] = om;
+    s_dd[t] = dd;
+    s_gg[t] = gg;
+    __syncthreads();
+#pragma unroll
+    for (u32 h = REDUCE_THREADS / 2; h > 0; h >>= 1) {
+        if (t < h) {
+            s_om[t] = s_om[t] + s_om[t + h];
+            s_dd[t] = s_dd[t] + s_dd[t + h];
+            s_gg[t] = s_gg[t] + s_gg[t + h];
+        }
+        __syncthreads();
+    }
+}
+
+// Pass 1 of the reductions: per flattened block, (<d, g>, |d|^2, |g|^2) in f64 into
+// `partials[3 * b ..]`. A tensor whose `d` is 0 reduces |g|^2 only.
+template <typename T>
+__device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
+                                                     double* __restrict__ partials) {
+    __shared__ double s_om[REDUCE_THREADS];
+    __shared__ double s_dd[REDUCE_THREADS];
+    __shared__ double s_gg[REDUCE_THREADS];
+    for (u64 b = blockIdx.x; b < total_blocks; b += gridDim.x) {
+        const Desc* D = desc + find_tensor(desc, nt, b);
+        const u64 n = D->n;
+        const u64 base = (b - D->block_start) * REDUCE_CHUNK + threadIdx.x;
+        const T* __restrict__ g = (const T*)D->g;
+        const T* __restrict__ d = (const T*)D->d;
+        double om = 0.0, dd = 0.0, gg = 0.0;
+        if (d != 0) {
+#pragma unroll
+            for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
+                const u64 i = base + (u64)k * REDUCE_THREADS;
+                if (i < n) {
+                    const double x = (double)d[i];
+                    const double y = (double)g[i];
+                    om = om + x * y;
+                    dd = dd + x * x;
+                    gg = gg + y * y;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
+                const u64 i = base + (u64)k * REDUCE_THREADS;
+                if (i < n) {
+                    const double y = (double)g[i];
+                    gg = gg + y * y;
+                }
+            }
+        }
+        block_tree3(s_om, s_dd, s_gg, om, dd, gg);
+        if (threadIdx.x == 0) {
+            partials[3 * b + 0] = s_om[0];
+            partials[3 * b + 1] = s_dd[0];
+            partials[3 * b + 2] = s_gg[0];
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+    profit_reduce_partials_f32(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
+    reduce_partials_body<float>(desc, nt, total_blocks, partials);
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+    profit_reduce_partials_f64(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
+    reduce_partials_body<double>(desc, nt, total_blocks, partials);
+}
+
+// Pass 2 of the reductions: per tensor (grid-stride over table entries), the fixed-order sum
+// of its block partials into `out[3 * t ..]`.
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+    profit_reduce_final(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, const double* __restrict__ partials,
+                        double* __restrict__ out) {
+    __shared__ double s_om[REDUCE_THREADS];
+    __shared__ double s_dd[REDUCE_THREADS];
+    __shared__ double s_gg[REDUCE_THREADS];
+    for (u32 t = blockIdx.x; t < nt; t += gridDim.x) {
+        const u64 first = desc[t].block_start;
+        const u64 end = t + 1 < nt ? desc[t + 1].block_start : total_blocks;
+        double om = 0.0, dd = 0.0, gg = 0.0;
+        for (u64 b = first + threadIdx.x; b < end; b += REDUCE_THREADS) {
+            om = om + partials[3 * b + 0];
+            dd = dd + partials[3 * b + 1];
+            gg = gg + partials[3 * b + 2];
+        }
+        block_tree3(s_om, s_dd, s_gg, om, dd, gg);
+        if (threadIdx.x == 0) {
+            out[3 * (u64)t + 0] = s_om[0];
+            out[3 * (u64)t + 1] = s_dd[0];
+            out[3 * (u64)t + 2] = s_gg[0];
+        }
+        __syncthreads();
+    }
+}

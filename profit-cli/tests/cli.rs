@@ -1,0 +1,94 @@
+//! The `profit` binary end to end: `toy --quick` and `digits --quick` write JSON of the
+//! documented structure with finite numbers, and bad arguments fail with a message, not a panic.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("profit-cli-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_profit")).args(args).output().expect("run profit")
+}
+
+/// Check `{"arms": [{"name", <keys>..., "per_seed": [{"seed", <keys>...}]}]}` and return the arms
+/// by name.
+fn check_arms(v: &Value, names: &[&str], keys: &[&str], seeds: usize) -> Vec<(String, Vec<f64>)> {
+    let arms = v["arms"].as_array().expect("arms is an array");
+    let got: Vec<&str> = arms.iter().map(|a| a["name"].as_str().expect("name")).collect();
+    assert_eq!(got, names);
+    let mut out = vec![];
+    for a in arms {
+        let mut vals = vec![];
+        for k in keys {
+            let x = a[*k].as_f64().unwrap_or_else(|| panic!("{k} missing in {a}"));
+            assert!(x.is_finite(), "{k} = {x}");
+            vals.push(x);
+        }
+        let per = a["per_seed"].as_array().expect("per_seed");
+        assert_eq!(per.len(), seeds);
+        for k in keys {
+            let xs: Vec<f64> = per.iter().map(|p| p[*k].as_f64().expect("per-seed value")).collect();
+            assert!(xs.iter().all(|x| x.is_finite()));
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            assert!((mean - a[*k].as_f64().unwrap()).abs() <= 1e-12 * mean.abs().max(1.0), "{k} is the mean");
+        }
+        out.push((a["name"].as_str().unwrap().to_string(), vals));
+    }
+    out
+}
+
+#[test]
+fn toy_quick_writes_json_and_plots() {
+    let dir = tmp("toy");
+    let json = dir.join("toy.json");
+    let out = run(&["toy", "--quick", "--out", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("paper Table 1"), "{stdout}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let arms = check_arms(&v, &["pretrained", "full", "head", "profit"], &["original_error", "new_error"], 2);
+    // Errors are MSEs: non-negative.
+    assert!(arms.iter().all(|(_, x)| x.iter().all(|&e| e >= 0.0)));
+    for f in ["toy_predictions.svg", "toy_finetune_curves.svg", "toy_pretrain_curve.svg"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.starts_with("<svg"), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn digits_quick_writes_json() {
+    let dir = tmp("digits");
+    let json = dir.join("digits.json");
+    let out = run(&["digits", "--quick", "--out", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let arms = check_arms(&v, &["pretrained", "sgd", "adam", "profit"], &["old_accuracy", "new_accuracy"], 2);
+    assert!(arms.iter().all(|(_, x)| x.iter().all(|&a| (0.0..=1.0).contains(&a))));
+    // Pre-training on 200 steps learns the old task far above chance (10%).
+    assert!(arms[0].1[0] > 0.5, "pre-trained old-task accuracy {}", arms[0].1[0]);
+    assert!(dir.join("digits_finetune_curves.svg").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_fail_politely() {
+    for args in [
+        &["toy", "--quick", "--hidden", "7", "--no-plots"][..],
+        &["toy", "--quick", "--ratio", "-1", "--no-plots"][..],
+        &["digits", "--quick", "--data", "/nonexistent/digits.csv.gz", "--no-plots"][..],
+        &["digits", "--quick", "--seeds", "0", "--no-plots"][..],
+    ] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("error"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The checkpoint loader against mutated files (a cheap, always-on companion of the cargo-fuzz
+//! target in `fuzz/`): byte flips, truncations, insertions and random bytes never panic, and a
+//! refused load changes nothing.
+
+use ndarray::{ArrayD, IxDyn};
+use profit_core::{Adam, Profit, ProfitConfig, RmsProp, Sgd};
+use profit_ndarray::NdArray;
+use proptest::prelude::*;
+
+fn setup(main_rms: bool) -> (Profit<NdArray<f32>>, Vec<ArrayD<f32>>) {
+    let w = ArrayD::from_shape_fn(IxDyn(&[3, 2]), |d| d[0] as f32 * 0.3 - d[1] as f32 * 0.2);
+    let b = ArrayD::from_elem(IxDyn(&[2]), 0.25f32);
+    let config = if main_rms {
+        ProfitConfig::new(
+            Sgd { lr: 1e-3, ..Sgd::default() },
+            RmsProp { centered: true, momentum: 0.5, ..RmsProp::default() },
+        )
+    } else {
+        ProfitConfig::new(
+            Sgd { lr: 1e-3, momentum: 0.9, ..Sgd::default() },
+            Adam { amsgrad: true, ..Adam::default() },
+        )
+    };
+    let mut opt = Profit::<NdArray<f32>>::with_names(config, &[("w", &w), ("b", &b)]).unwrap();
+    let mut p = vec![w, b];
+    for i in 0..3 {
+        let g: Vec<ArrayD<f32>> = p.iter().map(|t| t.mapv(|x| x * 0.5 - i as f32 * 0.1)).collect();
+        let (x, y) = p.split_at_mut(1);
+        opt.step(&mut [&mut x[0], &mut y[0]], &[&g[0], &g[1]]).unwrap();
+    }
+    (opt, p)
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Truncate(usize),
+    Insert(usize, Vec<u8>),
+    Overwrite(usize, u64),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(i, m)| Mutation::Flip(i, m)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (any::<usize>(), any::<u64>()).prop_map(|(i, v)| Mutation::Overwrite(i, v)),
+    ]
+}
+
+fn apply(mut bytes: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+    for m in muts {
+        let n = bytes.len().max(1);
+        match m {
+            Mutation::Flip(i, x) => {
+                if !bytes.is_empty() {
+                    bytes[i % n] ^= x;
+                }
+            }
+            Mutation::Truncate(i) => bytes.truncate(i % n),
+            Mutation::Insert(i, v) => {
+                let at = i % (bytes.len() + 1);
+                bytes.splice(at..at, v.iter().copied());
+            }
+            Mutation::Overwrite(i, v) => {
+                let at = i % n;
+                for (k, b) in v.to_le_bytes().iter().enumerate() {
+                    if let Some(slot) = bytes.get_mut(at + k) {
+                        *slot = *b;
+                    }
+                }
+            }
+        }
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_checkpoints_never_panic_and_refusals_change_nothing(
+        rms in any::<bool>(),
+        muts in proptest::collection::vec(mutation(), 1..4),
+    ) {
+        let (mut opt, _) = setup(rms);
+        let good = opt.save_checkpoint().unwrap();
+        let bad = apply(good.clone(), &muts);
+        match opt.load_checkpoint(&bad) {
+            Err(profit_core::ProfitError::Checkpoint(_)) => prop_assert_eq!(opt.save_checkpoint().unwrap(), good),
+            Err(e) => prop_assert!(false, "wrong error kind: {}", e),
+            // Some mutations are harmless (e.g. JSON whitespace); the state must then be the saved one.
+            Ok(()) => prop_assert_eq!(opt.save_checkpoint().unwrap(), good),
+        }
+    }
+
+    #[test]
+    fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let (mut opt, _) = setup(false);
+        let good = opt.save_checkpoint().unwrap();
+        prop_assert!(opt.load_checkpoint(&bytes).is_err());
+        prop_assert_eq!(opt.save_checkpoint().unwrap(), good);
+    }
+}
+
+#[test]
+fn checkpoint_size_relative_to_parameters() {
+    // 1M f32 parameters, SGD reference (no state), Adam main: anchor + delta + exp_avg + exp_avg_sq.
+    let w = ArrayD::<f32>::zeros(IxDyn(&[1000, 1000]));
+    let config = ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam::default());
+    let opt = Profit::<NdArray<f32>>::with_names(config, &[("w", &w)]).unwrap();
+    let bytes = opt.save_checkpoint().unwrap().len();
+    let param_bytes = 1_000_000 * 4;
+    let ratio = bytes as f64 / param_bytes as f64;
+    println!(
+        "checkpoint of 1M f32 params (SGD ref, Adam main): {bytes} bytes = {ratio:.4} x parameter bytes"
+    );
+    assert!(bytes >= 4 * param_bytes && bytes < 4 * param_bytes + 4096, "{bytes}");
+}

@@ -1,0 +1,67 @@
+//! Schedules driving a PROFIT optimizer: main rate from the schedule, reference rate at the
+//! fixed ratio or on its own schedule; a bad schedule changes nothing.
+
+use ndarray::{ArrayD, IxDyn};
+use profit_core::schedule::{CosineAnnealing, ExponentialLr, Scheduler, StepLr};
+use profit_core::{Adam, GroupOptions, LrCoupling, ParamGroup, Profit, ProfitConfig, Sgd};
+use profit_ndarray::NdArray;
+
+fn opt(coupling: LrCoupling) -> Profit<NdArray<f64>> {
+    let w = ArrayD::<f64>::zeros(IxDyn(&[2]));
+    let b = ArrayD::<f64>::zeros(IxDyn(&[1]));
+    let config = ProfitConfig {
+        lr_coupling: coupling,
+        ..ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam { lr: 1e-2, ..Adam::default() })
+    };
+    let groups = vec![
+        ParamGroup::new([("w", &w)]),
+        ParamGroup::new([("b", &b)]).options(GroupOptions { lr: Some(2e-2), ..Default::default() }),
+    ];
+    Profit::with_groups(config, groups).unwrap()
+}
+
+#[test]
+fn fixed_ratio_reference_follows_main() {
+    let mut o = opt(LrCoupling::FixedRatio);
+    let mut s = Scheduler::new(&o, StepLr { step_size: 2, gamma: 0.5 });
+    for t in 1..=5u64 {
+        let lr = s.step(&mut o).unwrap();
+        let f = 0.5f64.powi((t / 2) as i32);
+        assert_eq!(lr, 1e-2 * f);
+        assert!((o.groups()[0].lr - 1e-2 * f).abs() < 1e-18);
+        assert!((o.groups()[0].ref_lr - 1e-4 * f).abs() < 1e-18, "ref follows at ratio 100");
+        assert!((o.groups()[1].lr - 2e-2 * f).abs() < 1e-18, "groups keep their proportion");
+        assert!((o.groups()[1].ref_lr - 2e-4 * f).abs() < 1e-18);
+    }
+}
+
+#[test]
+fn reference_on_its_own_schedule() {
+    let mut o = opt(LrCoupling::Free);
+    let mut s = Scheduler::new(&o, CosineAnnealing { t_max: 10, min_factor: 0.0 })
+        .with_reference(ExponentialLr { gamma: 0.9 });
+    for _ in 0..3 {
+        s.step(&mut o).unwrap();
+    }
+    assert!((o.lr() - 1e-2 * CosineAnnealing { t_max: 10, min_factor: 0.0 }.factor_at(3)).abs() < 1e-15);
+    assert!((o.ref_lr() - 1e-4 * 0.9f64.powi(3)).abs() < 1e-18);
+}
+
+#[test]
+fn bad_schedule_changes_nothing() {
+    let mut o = opt(LrCoupling::FixedRatio);
+    let mut s = Scheduler::new(&o, ExponentialLr { gamma: -1.0 });
+    let before = o.groups().to_vec();
+    assert!(s.step(&mut o).is_err(), "a negative rate is refused");
+    assert_eq!(o.groups(), &before[..]);
+    assert_eq!(s.steps(), 0);
+}
+
+trait At {
+    fn factor_at(&self, t: u64) -> f64;
+}
+impl<S: profit_core::schedule::Schedule> At for S {
+    fn factor_at(&self, t: u64) -> f64 {
+        self.factor(t)
+    }
+}

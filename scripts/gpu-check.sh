@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Everything a GPU machine checks for the CUDA backend, in one run of a few minutes.
+#
+# Prepare here (Rust toolchain): scripts/build-device-bin.sh   (fills the git-ignored device-bin/)
+# Run there, from the repository root, carrying device-bin:
+#   scripts/gpu-check.sh            # results also land in $OUT (or ./out) as files
+#
+# The GPU machine has CUDA, nvcc and PyTorch but no Rust and no network. Steps:
+#  1. the card and driver (nvidia-smi);
+#  2. profit-cuda's PTX checks, GPU tests (bitwise against the host backend) and the
+#     conformance suite on CUDA f32/f64; with a GPU present, any "SKIPPED" is a failure;
+#  3. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md):
+#     markdown tables to paste into BENCHMARKS.md.
+# Exits non-zero if any step failed; every step runs regardless.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=device-bin
+RES="${OUT:-out}"
+mkdir -p "$RES"
+SIZES="${PROFIT_BENCH_SIZES:-16M,256M}"
+TENSORS="${PROFIT_BENCH_TENSORS:-1,1000}"
+failed=()
+
+step() { # name, timeout seconds, command...
+    local name="$1" limit="$2"
+    shift 2
+    echo
+    echo "=== $name"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$RES/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc in $((SECONDS - t0)) s"
+    [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+    return "$rc"
+}
+
+for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx bench golden-dir; do
+    [ -e "$BIN/$f" ] || { echo "gpu-check: $BIN/$f missing: run scripts/build-device-bin.sh first" >&2; exit 2; }
+done
+chmod +x "$BIN"/* 2>/dev/null || true
+
+# The conformance binary looks for golden cases where the repo was when it was built.
+golden="$(cat "$BIN/golden-dir")"
+if [ ! -d "$golden" ]; then
+    mkdir -p "$(dirname "$golden")" && ln -s "$PWD/tests/golden" "$golden" \
+        || echo "gpu-check: cannot link $golden to tests/golden: golden replays will fail" >&2
+fi
+
+step device 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
+step ptx-checks 60 "$BIN/profit-cuda-ptx" --nocapture
+step gpu-tests 300 "$BIN/profit-cuda-gpu" --nocapture --test-threads=1
+step conformance 300 "$BIN/conformance-cuda" --nocapture
+if grep -q "SKIPPED" "$RES/gpu-tests.log" "$RES/conformance.log"; then
+    echo "gpu-check: tests were SKIPPED on a GPU machine (no driver or device seen?)" >&2
+    failed+=("skipped tests")
+fi
+step bench 300 "$BIN/bench" --require-gpu --sizes "$SIZES" --tensors "$TENSORS" --reps 20 --warmup 3
+sed -n '/^| what/,$p' "$RES/bench.log" >"$RES/bench.md"
+step torch-bench 300 python3 scripts/torch_bench.py --sizes "$SIZES" --tensors "$TENSORS" --reps 20 --warmup 3
+sed -n '/^| what/,$p' "$RES/torch-bench.log" >"$RES/torch_bench.md"
+
+echo
+if [ "${#failed[@]}" -eq 0 ]; then
+    echo "gpu-check: all steps passed; tables in $RES/bench.md and $RES/torch_bench.md"
+else
+    printf 'gpu-check: FAILED: %s\n' "${failed[@]}"
+    exit 1
+fi

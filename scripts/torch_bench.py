@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""PyTorch baselines for the CUDA backend's benchmark (adapters/profit-cuda/examples/bench.rs).
+
+On the same card and sizes, times (CUDA events, median of --reps after --warmup):
+  - torch.optim.AdamW(fused=True).step()  (28 B/param floor: read p, g, m, v; write p, m, v);
+  - one PROFIT cycle (n_ref = 1, SGD reference, Adam main) written with torch ops: foreach
+    copies and adds for the reference step, torch.dot / _foreach_norm for omega and |delta|^2,
+    the projection, the restore, then torch.optim.Adam(fused=True).step()  (SPEC floor 60 B/param);
+against the device-to-device copy bandwidth (dst.copy_(src), read + write counted).
+Prints a markdown table with the same columns as the Rust benchmark.
+
+    python3 scripts/torch_bench.py [--sizes 16M,256M] [--tensors 1,1000] [--reps 20] [--warmup 3]
+"""
+
+import argparse
+import sys
+
+
+def count(s):
+    s = s.strip()
+    mul = {"M": 1 << 20, "m": 1 << 20, "K": 1 << 10, "k": 1 << 10}.get(s[-1:], 1)
+    return int(s[:-1] if mul > 1 else s) * mul
+
+
+def label(n):
+    return f"{n >> 20}M" if n % (1 << 20) == 0 else str(n)
+
+
+def split(n, k):
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="16M,256M")
+    ap.add_argument("--tensors", default="1,1000")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--lr-ref", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    args = ap.parse_args()
+    sizes = [count(s) for s in args.sizes.split(",")]
+    tensors = [count(s) for s in args.tensors.split(",")]
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: torch.cuda.is_available() is False")
+        return 0
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    def time_ms(fn):
+        for _ in range(args.warmup):
+            fn()
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(max(args.reps, 1)):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        return times[len(times) // 2]
+
+    def tensors_for(n, k):
+        pattern = ((torch.arange(n, device=dev, dtype=torch.float32) % 1999) - 999.0) * 1e-3
+        return [t.clone() for t in torch.split(pattern, split(n, k))]
+
+    name = torch.cuda.get_device_name(dev)
+    big = max(sizes)
+    src = torch.empty(big, device=dev, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    copy_ms = time_ms(lambda: dst.copy_(src))
+    copy = 2 * big * 4 / (copy_ms * 1e-3) / 1e9
+    del src, dst
+    print(f"device: {name}, torch {torch.__version__}, f32, median of {args.reps} reps after {args.warmup} warm-up")
+    print(f"device-to-device copy bandwidth ({label(big)}, read + write): {copy:.0f} GB/s\n")
+
+    rows = []
+    for n in sizes:
+        for k in tensors:
+            # Fused AdamW.
+            params = [torch.nn.Parameter(t) for t in tensors_for(n, k)]
+            for p, g in zip(params, tensors_for(n, k)):
+                p.grad = g
+            opt = torch.optim.AdamW(params, lr=args.lr, fused=True)
+            ms = time_ms(opt.step)
+            rows.append(("torch AdamW(fused=True)", n, k, ms, 1.0, 28.0))
+            del params, opt
+            torch.cuda.empty_cache()
+
+            # PROFIT cycle with torch ops.
+            params = [torch.nn.Parameter(t) for t in tensors_for(n, k)]
+            grads = tensors_for(n, k)
+            anchors = [torch.empty_like(p) for p in params]
+            deltas = [torch.empty_like(p) for p in params]
+            gproj = [torch.empty_like(p) for p in params]
+            for p, g in zip(params, gproj):
+                p.grad = g
+            main = torch.optim.Adam(params, lr=args.lr, fused=True)
+            pd = [p.data for p in params]
+
+            def cycle():
+                with torch.no_grad():
+                    # Reference call (SGD): anchor, theta += u, delta = u.
+                    torch._foreach_copy_(anchors, pd)
+                    torch._foreach_copy_(deltas, grads)
+                    torch._foreach_mul_(deltas, -args.lr_ref)
+                    torch._foreach_add_(pd, deltas)
+                    # Main call: reductions, projection, restore, Adam.
+                    omega = torch.stack([torch.dot(d.view(-1), g.view(-1)) for d, g in zip(deltas, grads)]).sum()
+                    dd = torch.stack(torch._foreach_norm(deltas)).square().sum()
+                    coef = torch.where((omega < 0) & (dd > 0), omega / dd, torch.zeros_like(omega))
+                    torch._foreach_copy_(gproj, grads)
+                    torch._foreach_add_(gproj, torch._foreach_mul(deltas, -coef))
+                    torch._foreach_copy_(pd, anchors)
+                main.step()
+
+            ms = time_ms(cycle)
+            rows.append(("torch profit cycle", n, k, ms, 2.0, 60.0))
+            del params, grads, anchors, deltas, gproj, main, pd
+            torch.cuda.empty_cache()
+
+    print("| what | params | tensors | ms per call | ms per batch | B/param | GB/s | % of copy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for what, n, k, ms, batches, bpp in rows:
+        gbs = bpp * n / (ms * 1e-3) / 1e9
+        print(f"| {what} | {label(n)} | {k} | {ms:.3f} | {ms / batches:.3f} | {bpp:g} | {gbs:.0f} | {100 * gbs / copy:.0f}% |")
+    print(f"\ncopy bandwidth: {copy:.0f} GB/s on {name}")
+    print("GB/s counts the SPEC floor bytes; the torch PROFIT cycle moves more (separate foreach passes).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+//! The conformance suite on the CUDA backend (`profit-cuda`), f32 and f64. Without a CUDA
+//! driver or device every test prints `SKIPPED: backend unavailable: ...` and passes.
+
+use profit_conformance::{conformance_suite, Harness};
+use profit_core::BackendError;
+use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
+
+struct Gpu<E> {
+    backend: CudaBackend,
+    _elem: std::marker::PhantomData<E>,
+}
+
+impl<E: CudaElement> Harness for Gpu<E> {
+    type B = Cuda<E>;
+    fn label(&self) -> String {
+        format!("cuda-{}", E::DTYPE)
+    }
+    fn tensor(&self, shape: &[usize], data: &[f64]) -> CudaTensor<E> {
+        let v: Vec<E> = data.iter().map(|&x| E::from_f64(x)).collect();
+        self.backend.upload(shape, &v).expect("upload to the GPU")
+    }
+    fn values(&self, t: &CudaTensor<E>) -> Vec<f64> {
+        t.to_vec().expect("download from the GPU").iter().map(|x| x.as_f64()).collect()
+    }
+}
+
+fn gpu<E: CudaElement>() -> Result<Gpu<E>, String> {
+    CudaBackend::new(0).map(|backend| Gpu { backend, _elem: Default::default() }).map_err(|e| match e {
+        BackendError::Unavailable(why) => why,
+        other => other.to_string(),
+    })
+}
+
+conformance_suite!(cuda_f32, gpu::<f32>);
+conformance_suite!(cuda_f64, gpu::<f64>);
