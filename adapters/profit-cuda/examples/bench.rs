@@ -211,7 +211,8 @@ fn bench_config(
         let mut opt = Plain::<Cuda<E>>::new(adam.into(), &params.iter().collect::<Vec<_>>()).map_err(s)?;
         let mut pr: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
         let gr: Vec<&CudaTensor<E>> = grads.iter().collect();
-        let ms = time_ms(ctx, stream, args.warmup, args.reps, || opt.step(&mut pr, &gr).map(|_| ()).map_err(s))?;
+        let ms =
+            time_ms(ctx, stream, args.warmup, args.reps, || opt.step(&mut pr, &gr).map(|_| ()).map_err(s))?;
         rows.push(Row {
             what: "adam (Plain, checked)",
             n,
