@@ -1,38 +1,13 @@
 //! Shared set-up for the checkpoint-loader fuzz target: a small optimizer over `Vec<f32>`
 //! tensors with every kind of state buffer (SGD momentum reference, AMSGrad Adam main, anchor).
 
-use profit_core::error::BackendError;
-use profit_core::host::HostBackend;
+use profit_core::host::{VecBackend as Backend, VecTensor};
 use profit_core::{Adam, Profit, ProfitConfig, Sgd};
 
-/// `Vec<f32>` tensors with an explicit shape.
-pub struct VecBackend;
-
-/// A host tensor.
-pub struct Tensor {
-    /// Row-major values.
-    pub data: Vec<f32>,
-    /// Shape.
-    pub shape: Vec<usize>,
-}
-
-impl HostBackend for VecBackend {
-    type Elem = f32;
-    type Tensor = Tensor;
-    const NAME: &'static str = "fuzz-vec";
-    fn shape(t: &Tensor) -> Vec<usize> {
-        t.shape.clone()
-    }
-    fn zeros_like(t: &Tensor) -> Tensor {
-        Tensor { data: vec![0.0; t.data.len()], shape: t.shape.clone() }
-    }
-    fn as_slice(t: &Tensor) -> Result<&[f32], BackendError> {
-        Ok(&t.data)
-    }
-    fn as_mut_slice(t: &mut Tensor) -> Result<&mut [f32], BackendError> {
-        Ok(&mut t.data)
-    }
-}
+/// The backend under test: profit-core's built-in host backend.
+pub type VecBackend = Backend<f32>;
+/// Its tensor.
+pub type Tensor = VecTensor<f32>;
 
 /// Parameters `w` [3, 2] and `b` [2].
 pub fn params() -> Vec<Tensor> {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use profit_core::schedule::Schedule;
 use rand::Rng;
 
 /// `torch.optim.lr_scheduler.StepLR`: `base * gamma^(step / every)`.
@@ -16,8 +17,10 @@ pub struct StepLr {
 }
 
 impl StepLr {
+    /// The rate at `step`, from profit-core's `StepLr` schedule.
     pub fn at(&self, step: usize) -> f64 {
-        self.base * self.gamma.powi((step / self.every.max(1)) as i32)
+        let s = profit_core::schedule::StepLr { step_size: self.every as u64, gamma: self.gamma };
+        self.base * s.factor(step as u64)
     }
 }
 

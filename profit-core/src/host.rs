@@ -75,6 +75,49 @@ pub trait HostBackend: Sized + 'static {
     fn as_mut_slice(t: &mut Self::Tensor) -> Result<&mut [Self::Elem], BackendError>;
 }
 
+/// A plain host tensor: row-major elements with their shape. The tensor type of [`VecBackend`],
+/// for frameworks whose own tensors cannot be borrowed as slices (copy in and out of these) and
+/// for tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VecTensor<E> {
+    /// Row-major elements (`shape.iter().product()` of them).
+    pub data: Vec<E>,
+    /// Row-major dimensions (empty for a scalar).
+    pub shape: Vec<usize>,
+}
+
+impl<E> VecTensor<E> {
+    /// A tensor from its shape and row-major data, or `None` if their sizes differ.
+    pub fn new(shape: &[usize], data: Vec<E>) -> Option<Self> {
+        (shape.iter().product::<usize>() == data.len()).then(|| VecTensor { data, shape: shape.to_vec() })
+    }
+}
+
+/// The built-in host backend over [`VecTensor`]s.
+pub struct VecBackend<E>(std::marker::PhantomData<E>);
+
+impl<E: Element> HostBackend for VecBackend<E> {
+    type Elem = E;
+    type Tensor = VecTensor<E>;
+    const NAME: &'static str = "vec";
+
+    fn shape(t: &VecTensor<E>) -> Vec<usize> {
+        t.shape.clone()
+    }
+    fn has_shape(t: &VecTensor<E>, shape: &[usize]) -> bool {
+        t.shape == shape
+    }
+    fn zeros_like(t: &VecTensor<E>) -> VecTensor<E> {
+        VecTensor { data: vec![E::from_f64(0.0); t.data.len()], shape: t.shape.clone() }
+    }
+    fn as_slice(t: &VecTensor<E>) -> Result<&[E], BackendError> {
+        Ok(&t.data)
+    }
+    fn as_mut_slice(t: &mut VecTensor<E>) -> Result<&mut [E], BackendError> {
+        Ok(&mut t.data)
+    }
+}
+
 fn len_err() -> BackendError {
     BackendError::Device("tensor lengths differ".into())
 }

@@ -13,7 +13,7 @@
 //!
 //! 1. a read-only walk copies every trainable parameter and its gradient into host buffers
 //!    (flat `Vec<f32>`, allocated once when the optimizer is built);
-//! 2. [`Profit::step`] runs on those buffers ([`Flat`], a [`HostBackend`], so the fused
+//! 2. [`Profit::step`] runs on those buffers ([`Flat`], a [`HostBackend`](profit_core::host::HostBackend), so the fused
 //!    multi-threaded host loops of `profit-core` do the work);
 //! 3. a mutating walk copies the parameters back into the model.
 //!
@@ -62,50 +62,14 @@ use dfdx::nn::tensor_collection::{
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
 use dfdx::prelude::{Cpu, Gradients, HasShape, Shape, Tensor};
 use dfdx::tensor::CpuError;
-use profit_core::error::BackendError;
-use profit_core::host::HostBackend;
 use profit_core::{InnerConfig, ParamGroup, Plain, Profit, ProfitConfig, ProfitError, StepReport};
 
-/// The host backend the optimizer state lives on: flat `f32` buffers with a shape.
-pub struct Flat;
+/// The host backend the optimizer state lives on: flat `f32` buffers with a shape
+/// (profit-core's built-in [`VecBackend`](profit_core::host::VecBackend)).
+pub type Flat = profit_core::host::VecBackend<f32>;
 
 /// A flat row-major `f32` buffer with its shape (the [`Flat`] backend's tensor).
-#[derive(Clone, Debug, PartialEq)]
-pub struct FlatTensor {
-    /// Row-major elements (`shape.iter().product()` of them).
-    pub data: Vec<f32>,
-    /// Row-major dimensions (empty for a scalar).
-    pub shape: Vec<usize>,
-}
-
-impl FlatTensor {
-    /// A tensor from its shape and row-major data, or `None` if their sizes differ.
-    pub fn new(shape: &[usize], data: Vec<f32>) -> Option<Self> {
-        (shape.iter().product::<usize>() == data.len()).then(|| FlatTensor { data, shape: shape.to_vec() })
-    }
-}
-
-impl HostBackend for Flat {
-    type Elem = f32;
-    type Tensor = FlatTensor;
-    const NAME: &'static str = "dfdx-host";
-
-    fn shape(t: &FlatTensor) -> Vec<usize> {
-        t.shape.clone()
-    }
-    fn has_shape(t: &FlatTensor, shape: &[usize]) -> bool {
-        t.shape == shape
-    }
-    fn zeros_like(t: &FlatTensor) -> FlatTensor {
-        FlatTensor { data: vec![0.0; t.data.len()], shape: t.shape.clone() }
-    }
-    fn as_slice(t: &FlatTensor) -> Result<&[f32], BackendError> {
-        Ok(&t.data)
-    }
-    fn as_mut_slice(t: &mut FlatTensor) -> Result<&mut [f32], BackendError> {
-        Ok(&mut t.data)
-    }
-}
+pub type FlatTensor = profit_core::host::VecTensor<f32>;
 
 /// Why an update did not happen. In every case the model and the optimizer are unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +102,7 @@ impl Mirror {
         if let Some(p) = c.problem {
             return Err(DfdxError::ModelMismatch(p));
         }
-        let grads = c.params.iter().map(Flat::zeros_like).collect();
+        let grads = c.params.iter().map(<Flat as profit_core::host::HostBackend>::zeros_like).collect();
         Ok(Mirror { names: c.names, params: c.params, grads })
     }
 
