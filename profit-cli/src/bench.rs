@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
-use profit_core::{Adam, NonFinitePolicy, Plain, Profit, ProfitConfig, Sgd, TensorOps};
+use profit_core::{Adam, NonFinitePolicy, Plain, Profit, ProfitConfig, Projection, Sgd, TensorOps};
 use profit_nalgebra::Nalgebra;
 use profit_ndarray::NdArray;
 use serde::Serialize;
@@ -102,6 +102,9 @@ const CONVENTION: &str = "bytes read + bytes written per iteration (a copy of N 
 enum Step {
     Cycle,
     CyclePropagate,
+    /// The default cycle with per-tensor projection: reductions fused with the update tensor
+    /// by tensor, so the main call's second read of delta and g comes from cache.
+    CyclePerTensor,
     Adam,
 }
 
@@ -110,19 +113,20 @@ impl Step {
         match self {
             Step::Cycle => "profit_cycle",
             Step::CyclePropagate => "profit_cycle_propagate",
+            Step::CyclePerTensor => "profit_cycle_per_tensor",
             Step::Adam => "adam",
         }
     }
     fn bytes(self) -> f64 {
         match self {
-            Step::Cycle => 64.0,
+            Step::Cycle | Step::CyclePerTensor => 64.0,
             Step::CyclePropagate => 60.0,
             Step::Adam => 32.0,
         }
     }
     fn spec_bytes(self) -> f64 {
         match self {
-            Step::Cycle | Step::CyclePropagate => 60.0,
+            Step::Cycle | Step::CyclePropagate | Step::CyclePerTensor => 60.0,
             Step::Adam => 28.0,
         }
     }
@@ -296,10 +300,13 @@ fn bench_one<B: Make>(
     let mut times = Vec::with_capacity(reps);
     let mut copies = Vec::with_capacity(reps);
     match step {
-        Step::Cycle | Step::CyclePropagate => {
+        Step::Cycle | Step::CyclePropagate | Step::CyclePerTensor => {
             let mut config = ProfitConfig::new(Sgd { lr: 1e-9, ..Default::default() }, adam);
             if step == Step::CyclePropagate {
                 config.non_finite = NonFinitePolicy::Propagate;
+            }
+            if step == Step::CyclePerTensor {
+                config.projection = Projection::PerTensor;
             }
             let mut opt = Profit::<B>::new(config, &ps.iter().collect::<Vec<_>>()).map_err(e)?;
             let mut prefs: Vec<&mut B::Tensor> = ps.iter_mut().collect();
@@ -405,7 +412,7 @@ pub fn run(args: Args) -> Result<(), String> {
     for &n in &sizes {
         for &t in &tensors {
             for b in &backends {
-                for step in [Step::Cycle, Step::CyclePropagate, Step::Adam] {
+                for step in [Step::Cycle, Step::CyclePropagate, Step::CyclePerTensor, Step::Adam] {
                     let mut row = match b.as_str() {
                         "ndarray" => bench_one::<NdArray<f32>>(step, n, t, reps, quick, &mut copier)?,
                         _ => bench_one::<Nalgebra<f32>>(step, n, t, reps, quick, &mut copier)?,

@@ -27,7 +27,10 @@ fn bench_quick_writes_json_schema() {
         let backend = r["backend"].as_str().expect("backend");
         assert!(backend == "ndarray-f32" || backend == "nalgebra-f32", "{backend}");
         let step = r["step"].as_str().expect("step");
-        assert!(["profit_cycle", "profit_cycle_propagate", "adam"].contains(&step), "{step}");
+        assert!(
+            ["profit_cycle", "profit_cycle_propagate", "profit_cycle_per_tensor", "adam"].contains(&step),
+            "{step}"
+        );
         steps.insert(step.to_string());
         assert!(r["params"].as_u64().expect("params") > 0);
         assert!(r["tensors"].as_u64().expect("tensors") > 0);
@@ -37,7 +40,7 @@ fn bench_quick_writes_json_schema() {
         }
         let bytes = r["bytes_per_param"].as_f64().unwrap();
         let expected = match step {
-            "profit_cycle" => 64.0,
+            "profit_cycle" | "profit_cycle_per_tensor" => 64.0,
             "profit_cycle_propagate" => 60.0,
             _ => 32.0,
         };

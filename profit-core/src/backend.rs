@@ -105,6 +105,11 @@ pub trait TensorOps: Sized + 'static {
     /// A short name for reports (`"ndarray"`, `"cuda"`, ...).
     const NAME: &'static str;
 
+    /// Whether [`reduce_apply_all`](Self::reduce_apply_all) beats [`reduce_all`](Self::reduce_all)
+    /// then [`apply_all`](Self::apply_all) for per-tensor projection (host backends: the tensor
+    /// is still in cache for its second pass). Provided: `false`.
+    const FUSE_PER_TENSOR: bool = false;
+
     /// Shape of a tensor (row-major dimensions).
     fn shape(t: &Self::Tensor) -> Vec<usize>;
 
@@ -179,6 +184,29 @@ pub trait TensorOps: Sized + 'static {
         let it = kernels.iter().zip(params.iter_mut()).zip(grads).zip(states);
         for (i, (((k, p), g), s)) in it.enumerate() {
             if active[i] {
+                Self::apply(k, p, g, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-tensor projection, one tensor at a time: reduce `(delta_i, grad_i)` into `out[i]`,
+    /// set `kernels[i].proj = coef(out[i])`, then apply `kernels[i]`, for every active tensor.
+    /// Provided: loops over [`reduce`](Self::reduce) and [`apply`](Self::apply).
+    fn reduce_apply_all(
+        active: &[bool],
+        kernels: &mut [Kernel<Self::Elem>],
+        params: &mut [&mut Self::Tensor],
+        grads: &[&Self::Tensor],
+        states: &mut [TensorState<Self::Tensor>],
+        out: &mut [Reduction],
+        coef: &(dyn Fn(Reduction) -> Self::Elem + Sync),
+    ) -> Result<(), BackendError> {
+        let it = kernels.iter_mut().zip(params.iter_mut()).zip(grads).zip(states).zip(out);
+        for (i, ((((k, p), g), s), o)) in it.enumerate() {
+            if active[i] {
+                *o = Self::reduce(s.delta.as_ref(), g)?;
+                k.proj = coef(*o);
                 Self::apply(k, p, g, s)?;
             }
         }

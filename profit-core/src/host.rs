@@ -61,6 +61,9 @@ pub trait HostBackend: Sized + 'static {
     type Tensor: Send + Sync;
     /// Short name for reports.
     const NAME: &'static str;
+    /// Fuse per-tensor projection's reductions with the update, tensor by tensor (default
+    /// `true`; see [`TensorOps::FUSE_PER_TENSOR`]).
+    const FUSE_PER_TENSOR: bool = true;
     /// Shape (row-major dimensions).
     fn shape(t: &Self::Tensor) -> Vec<usize>;
     /// Whether `t` has this shape (override to avoid allocating).
@@ -126,6 +129,7 @@ impl<H: HostBackend> TensorOps for H {
     type Elem = H::Elem;
     type Tensor = H::Tensor;
     const NAME: &'static str = H::NAME;
+    const FUSE_PER_TENSOR: bool = H::FUSE_PER_TENSOR;
 
     fn shape(t: &Self::Tensor) -> Vec<usize> {
         H::shape(t)
@@ -219,6 +223,34 @@ impl<H: HostBackend> TensorOps for H {
             .try_for_each(|((((on, k), p), g), s)| match on {
                 true => apply_host::<H>(k, p, g, s),
                 false => Ok(()),
+            })
+    }
+
+    #[cfg(feature = "rayon")]
+    fn reduce_apply_all(
+        active: &[bool],
+        kernels: &mut [Kernel<Self::Elem>],
+        params: &mut [&mut Self::Tensor],
+        grads: &[&Self::Tensor],
+        states: &mut [TensorState<Self::Tensor>],
+        out: &mut [Reduction],
+        coef: &(dyn Fn(Reduction) -> Self::Elem + Sync),
+    ) -> Result<(), BackendError> {
+        use rayon::prelude::*;
+        (active, kernels)
+            .into_par_iter()
+            .zip(params.par_iter_mut())
+            .zip(grads.par_iter())
+            .zip(states.par_iter_mut())
+            .zip(out.par_iter_mut())
+            .try_for_each(|(((((on, k), p), g), s), o)| {
+                if *on {
+                    // Reduce, then apply while the tensor's delta and gradient are in cache.
+                    *o = Self::reduce(s.delta.as_ref(), g)?;
+                    k.proj = coef(*o);
+                    apply_host::<H>(k, p, g, s)?;
+                }
+                Ok(())
             })
     }
 }

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Pass, TensorOps};
+use crate::backend::{Pass, Reduction, TensorOps};
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
 use crate::optim::{check_lr, InnerConfig, Sgd};
@@ -196,6 +196,16 @@ pub struct StepReport {
     pub main: Option<MainReport>,
 }
 
+/// The projection coefficient `omega / |delta|^2` when the projection fires (`omega < 0`,
+/// hence `|delta|^2 > 0`), else `0`: the gradient goes to the main optimizer unchanged.
+fn projection_coef(omega: f64, delta_sq: f64) -> f64 {
+    if omega < 0.0 && delta_sq > 0.0 {
+        omega / delta_sq
+    } else {
+        0.0
+    }
+}
+
 fn cosine(omega: f64, dd: f64, gg: f64) -> f64 {
     if dd > 0.0 && gg > 0.0 {
         omega / (dd.sqrt() * gg.sqrt())
@@ -318,12 +328,15 @@ impl<B: TensorOps> Profit<B> {
         let (phase, first) = self.phase_at(self.calls);
 
         // Pass 1: reductions. At main calls omega, |delta|^2 and |g|^2 in one pass; at other calls
-        // |g|^2 only, needed to refuse non-finite gradients and for clipping.
+        // |g|^2 only, needed to refuse non-finite gradients and for clipping. With per-tensor
+        // projection on a backend that prefers it, the main call's reductions are fused per
+        // tensor with pass 2 instead (below), so each tensor's second read comes from cache.
         let main = phase == Phase::Main;
+        let fuse = main && self.config.projection == Projection::PerTensor && B::FUSE_PER_TENSOR;
         let need_pre =
             self.config.non_finite != NonFinitePolicy::Propagate || self.config.max_grad_norm.is_some();
-        if main || need_pre {
-            let states = main.then_some(&self.reg.states[..]);
+        if (main && !fuse) || need_pre {
+            let states = (main && !fuse).then_some(&self.reg.states[..]);
             B::reduce_all(&self.reg.active, states, grads, &mut self.reg.reductions)?;
             if let Some(name) = self.reg.non_finite() {
                 match self.config.non_finite {
@@ -343,44 +356,10 @@ impl<B: TensorOps> Profit<B> {
                 }
             }
         }
-        let total = self.reg.total();
         let scale = match self.config.max_grad_norm {
-            Some(max) => (max / (total.grad_sq.sqrt() + 1e-6)).min(1.0),
+            Some(max) => (max / (self.reg.total().grad_sq.sqrt() + 1e-6)).min(1.0),
             None => 1.0,
         };
-
-        // The projection coefficient per tensor: omega / |delta|^2 where omega < 0, else 0.
-        let mut report = None;
-        if main {
-            let global = self.config.projection == Projection::Global;
-            let (om, dd, gg) = (total.omega * scale, total.delta_sq, total.grad_sq * scale * scale);
-            let fires = |omega: f64, dd: f64| omega < 0.0 && dd > 0.0;
-            let mut any = false;
-            for (i, r) in self.reg.reductions.iter().enumerate() {
-                let (o_i, d_i) = (r.omega * scale, r.delta_sq);
-                let projected = self.reg.active[i] && if global { fires(om, dd) } else { fires(o_i, d_i) };
-                let coef = match (projected, global) {
-                    (false, _) => 0.0,
-                    (true, true) => om / dd,
-                    (true, false) => o_i / d_i,
-                };
-                any |= projected;
-                self.reg.kernels[i].proj = B::Elem::from_f64(coef);
-                self.tensor_reports[i] = TensorReport {
-                    omega: o_i,
-                    delta_norm_sq: d_i,
-                    grad_norm_sq: r.grad_sq * scale * scale,
-                    projected,
-                };
-            }
-            report = Some(MainReport {
-                omega: om,
-                delta_norm_sq: dd,
-                grad_norm_sq: gg,
-                projected: if global { fires(om, dd) } else { any },
-                cosine: cosine(om, dd, gg),
-            });
-        }
 
         // Pass 2: one fused pass per tensor.
         let (pass, inner, step) = match phase {
@@ -399,11 +378,28 @@ impl<B: TensorOps> Profit<B> {
             k.pass = pass;
             k.rule = inner.rule(step, lr, wd);
             k.grad_scale = B::Elem::from_f64(scale);
-            if !main {
-                k.proj = B::Elem::from_f64(0.0);
-            }
+            k.proj = B::Elem::from_f64(0.0);
         }
-        B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+        let mut report = None;
+        if fuse {
+            let coef = |r: Reduction| B::Elem::from_f64(projection_coef(r.omega * scale, r.delta_sq));
+            let reg = &mut self.reg;
+            B::reduce_apply_all(
+                &reg.active,
+                &mut reg.kernels,
+                params,
+                grads,
+                &mut reg.states,
+                &mut reg.reductions,
+                &coef,
+            )?;
+            report = Some(self.main_report(scale));
+        } else {
+            if main {
+                report = Some(self.main_report(scale));
+            }
+            B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+        }
 
         match phase {
             Phase::Reference => self.ref_steps += 1,
@@ -412,6 +408,41 @@ impl<B: TensorOps> Profit<B> {
         let call = self.calls;
         self.calls += 1;
         Ok(StepReport { call, phase, grad_scale: scale, main: report })
+    }
+
+    /// Turn the main call's reductions into the projection coefficients (into the kernels), the
+    /// per-tensor reports and the call's report.
+    fn main_report(&mut self, scale: f64) -> MainReport {
+        let global = self.config.projection == Projection::Global;
+        let total = self.reg.total();
+        let (om, dd, gg) = (total.omega * scale, total.delta_sq, total.grad_sq * scale * scale);
+        let mut any = false;
+        for (i, r) in self.reg.reductions.iter().enumerate() {
+            let (o_i, d_i) = (r.omega * scale, r.delta_sq);
+            let coef = if !self.reg.active[i] {
+                0.0
+            } else if global {
+                projection_coef(om, dd)
+            } else {
+                projection_coef(o_i, d_i)
+            };
+            let projected = coef != 0.0;
+            any |= projected;
+            self.reg.kernels[i].proj = B::Elem::from_f64(coef);
+            self.tensor_reports[i] = TensorReport {
+                omega: o_i,
+                delta_norm_sq: d_i,
+                grad_norm_sq: r.grad_sq * scale * scale,
+                projected,
+            };
+        }
+        MainReport {
+            omega: om,
+            delta_norm_sq: dd,
+            grad_norm_sq: gg,
+            projected: if global { projection_coef(om, dd) != 0.0 } else { any },
+            cosine: cosine(om, dd, gg),
+        }
     }
 
     /// The configuration (with the learning rates it was built with).
