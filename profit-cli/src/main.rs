@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod common;
 mod digits;
+mod naive;
 mod plot;
 mod toy;
 

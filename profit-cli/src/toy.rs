@@ -35,6 +35,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::common::{bar, fmt, normal, write_json, Spread, StepLr};
+use crate::naive::NaiveProfit;
 use crate::plot;
 
 /// Arguments of `profit toy`.
@@ -87,6 +88,13 @@ pub struct Args {
     /// projection's effect from that of halving the main optimizer's steps.
     #[arg(long)]
     control: bool,
+    /// Experiment only: also run the arm `profit_naive_delta`: the same PROFIT schedule (SGD
+    /// reference, RMSprop main, n_ref 1, global projection) with PyTorch-style float32
+    /// arithmetic: `theta.add_(g, alpha=-lr_ref)` at the reference call and the naive
+    /// `delta = theta' - anchor` in float32 at the main call, which SPEC.md section 2 forbids
+    /// (see `naive.rs`).
+    #[arg(long)]
+    naive_delta: bool,
 }
 
 /// The resolved settings of a run.
@@ -111,6 +119,9 @@ pub struct Settings {
     pub activation: &'static str,
     pub metric: &'static str,
     pub control_arm: bool,
+    /// Only written when `--naive-delta` is given.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub naive_delta_arm: bool,
 }
 
 impl Args {
@@ -159,6 +170,7 @@ impl Args {
             activation: "ReLU",
             metric: "MSE on noise-free uniform test points",
             control_arm: self.control,
+            naive_delta_arm: self.naive_delta,
         })
     }
 }
@@ -269,6 +281,11 @@ struct ArmRun {
     profit_main_calls: u64,
     profit_projected: u64,
     profit_mean_cosine: f64,
+    /// `profit_naive_delta` only: main calls whose naive delta was exactly zero, and the means of
+    /// cos(naive delta, exact update) and |naive delta| / |exact update| over the others.
+    naive_zero_delta: u64,
+    naive_cos_to_exact: f64,
+    naive_norm_ratio: f64,
 }
 
 enum ArmKind {
@@ -277,9 +294,21 @@ enum ArmKind {
     Profit,
     /// PROFIT with lr_ref = 0: no projection, main steps on every other batch.
     Control,
+    /// PROFIT with the naive float32 delta `theta' - anchor` (experiment only).
+    NaiveDelta,
 }
 
-const ARMS: [&str; 5] = ["pretrained", "full", "head", "profit", "profit_lr_ref0"];
+/// Arm names in the order of [`SeedRun::errors`] (the last two only with their flags).
+fn arm_names(s: &Settings) -> Vec<&'static str> {
+    let mut v = vec!["pretrained", "full", "head", "profit"];
+    if s.control_arm {
+        v.push("profit_lr_ref0");
+    }
+    if s.naive_delta_arm {
+        v.push("profit_naive_delta");
+    }
+    v
+}
 /// The paper's Table 1 (original / new domain).
 const PAPER: [(f64, f64); 4] = [(0.0054, 1.907), (0.705, 0.504), (0.11, 0.572), (0.046, 0.501)];
 /// The SPEC's PyTorch run (medians over 3 seeds, original / new).
@@ -321,6 +350,7 @@ fn finetune<const H: usize>(
     let mut full = None;
     let mut head = None;
     let mut profit = None;
+    let mut naive = None;
     match kind {
         ArmKind::Full => full = Some(DfdxPlain::new(&model, rmsprop(sched.base)).map_err(|e| e.to_string())?),
         ArmKind::Head => {
@@ -330,6 +360,9 @@ fn finetune<const H: usize>(
             let lr_ref = if matches!(kind, ArmKind::Control) { 0.0 } else { sched.base / s.profit_ratio };
             let config = ProfitConfig::new(Sgd { lr: lr_ref, ..Default::default() }, rmsprop(sched.base));
             profit = Some(DfdxProfit::new(&model, config).map_err(|e| e.to_string())?)
+        }
+        ArmKind::NaiveDelta => {
+            naive = Some(NaiveProfit::new(&model, rmsprop(sched.base), sched.base / s.profit_ratio)?)
         }
     }
     let mut batches = Batches::new(batch_seed, s.batch);
@@ -342,6 +375,9 @@ fn finetune<const H: usize>(
         profit_main_calls: 0,
         profit_projected: 0,
         profit_mean_cosine: 0.0,
+        naive_zero_delta: 0,
+        naive_cos_to_exact: 0.0,
+        naive_norm_ratio: 0.0,
     };
     if curve {
         run.curve.push(eval.point(0, &model));
@@ -371,6 +407,20 @@ fn finetune<const H: usize>(
                 cos_sum += m.cosine;
             }
         }
+        if let Some(o) = naive.as_mut() {
+            o.set_lr(lr, lr / s.profit_ratio).map_err(err)?;
+            if let Some(m) = o.step(&mut model, &grads).map_err(err)? {
+                run.profit_main_calls += 1;
+                run.profit_projected += m.projected as u64;
+                cos_sum += m.cosine;
+                if m.delta_sq == 0.0 {
+                    run.naive_zero_delta += 1;
+                } else {
+                    run.naive_cos_to_exact += m.cos_to_exact;
+                    run.naive_norm_ratio += m.norm_ratio_to_exact;
+                }
+            }
+        }
         model.zero_grads(&mut grads);
         if curve && (step + 1) % every == 0 {
             run.curve.push(eval.point(step + 1, &model));
@@ -380,6 +430,9 @@ fn finetune<const H: usize>(
     pb.finish_and_clear();
     run.profit_mean_cosine =
         if run.profit_main_calls > 0 { cos_sum / run.profit_main_calls as f64 } else { 0.0 };
+    let nonzero = run.profit_main_calls.saturating_sub(run.naive_zero_delta).max(1) as f64;
+    run.naive_cos_to_exact /= nonzero;
+    run.naive_norm_ratio /= nonzero;
     run.original_error = mse(dev, &model, eval.orig);
     run.new_error = mse(dev, &model, eval.new);
     Ok((model, run))
@@ -388,7 +441,7 @@ fn finetune<const H: usize>(
 /// Everything one seed produced.
 struct SeedRun {
     seed: u64,
-    /// Errors per arm, in [`ARMS`] order: (original, new).
+    /// Errors per arm, in [`arm_names`] order: (original, new).
     errors: Vec<(f64, f64)>,
     arms: Vec<ArmRun>,
     pretrain_curve: Vec<(f64, f64)>,
@@ -472,10 +525,13 @@ fn run_seed<const H: usize>(s: &Settings, seed: u64, first: bool) -> Result<Seed
     if s.control_arm {
         kinds.push((ArmKind::Control, "profit_lr_ref0"));
     }
+    if s.naive_delta_arm {
+        kinds.push((ArmKind::NaiveDelta, "profit_naive_delta"));
+    }
     for (kind, name) in kinds {
         let label = format!("seed {seed} {name}");
         let (m, run) = finetune::<H>(s, kind, &model, &new_data, batch_seed, &eval, first, &label)?;
-        if first && !kind_is_control(name) {
+        if first && !kind_is_extra(name) {
             maps.push(predict(&dev, &m, &g));
         }
         arms.push(run);
@@ -485,16 +541,18 @@ fn run_seed<const H: usize>(s: &Settings, seed: u64, first: bool) -> Result<Seed
     Ok(SeedRun { seed, errors, arms, pretrain_curve, maps, seconds: t0.elapsed().as_secs_f64() })
 }
 
-fn kind_is_control(name: &str) -> bool {
-    name == "profit_lr_ref0"
+/// The optional arms, which get no prediction map.
+fn kind_is_extra(name: &str) -> bool {
+    name == "profit_lr_ref0" || name == "profit_naive_delta"
 }
 
 fn run_all<const H: usize>(s: &Settings) -> Result<Vec<SeedRun>, String> {
+    let names = arm_names(s);
     let mut runs = vec![];
     for (k, &seed) in s.seeds.iter().enumerate() {
         let r = run_seed::<H>(s, seed, k == 0)?;
         let cells: Vec<String> =
-            ARMS.iter().zip(&r.errors).map(|(a, &(o, n))| format!("{a} {} / {}", fmt(o), fmt(n))).collect();
+            names.iter().zip(&r.errors).map(|(a, &(o, n))| format!("{a} {} / {}", fmt(o), fmt(n))).collect();
         println!("  seed {seed} done in {:.1} s: {}", r.seconds, cells.join(", "));
         runs.push(r);
     }
@@ -536,8 +594,8 @@ pub fn run(args: Args) -> Result<(), String> {
     println!();
     println!("Per seed (MSE original domain / new domain):");
     print!("{:>6}", "seed");
-    let names = &ARMS[..runs[0].errors.len()];
-    for a in names {
+    let names = arm_names(&s);
+    for a in &names {
         print!("  {:>22}", a);
     }
     println!("  {:>8}", "seconds");
@@ -551,7 +609,7 @@ pub fn run(args: Args) -> Result<(), String> {
     println!();
     println!("Over {} seed(s): mean / median [min, max]", runs.len());
     println!(
-        "{:<14} {:>34} {:>34}   {:>17}   {:>21}",
+        "{:<18} {:>34} {:>34}   {:>17}   {:>21}",
         "arm", "original domain", "new domain", "paper Table 1", "PyTorch run (medians)"
     );
     let mut arms_json = vec![];
@@ -563,7 +621,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let (so, sn) = (Spread::of(&o), Spread::of(&n));
         let cell =
             |s: Spread| format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max));
-        println!("{:<14} {:>34} {:>34}   {:>17}   {:>21}", name, cell(so), cell(sn), paper, torch);
+        println!("{:<18} {:>34} {:>34}   {:>17}   {:>21}", name, cell(so), cell(sn), paper, torch);
         let per_seed: Vec<_> = runs
             .iter()
             .map(|r| json!({"seed": r.seed, "original_error": r.errors[k].0, "new_error": r.errors[k].1}))
@@ -579,17 +637,39 @@ pub fn run(args: Args) -> Result<(), String> {
             "per_seed": per_seed,
         }));
     }
-    let (mc, pj): (u64, u64) = runs
-        .iter()
-        .map(|r| (r.arms[2].profit_main_calls, r.arms[2].profit_projected))
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let cos: Vec<f64> = runs.iter().map(|r| r.arms[2].profit_mean_cosine).collect();
+    // Projection statistics of the PROFIT-like arms (`arms` has no pretrained entry).
+    let stats = |k: usize| -> (u64, u64, Vec<f64>) {
+        let (mc, pj) = runs
+            .iter()
+            .map(|r| (r.arms[k].profit_main_calls, r.arms[k].profit_projected))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (mc, pj, runs.iter().map(|r| r.arms[k].profit_mean_cosine).collect())
+    };
+    let (mc, pj, _) = stats(2);
     println!();
-    println!(
-        "PROFIT: projection fired at {pj} of {mc} main calls ({:.1}%); mean cosine(delta, g) per seed {:?}",
-        100.0 * pj as f64 / mc.max(1) as f64,
-        cos.iter().map(|c| fmt(*c)).collect::<Vec<_>>()
-    );
+    let mut naive_fraction = None;
+    for (k, name) in names.iter().enumerate().skip(3) {
+        let (mc, pj, cos) = stats(k - 1);
+        let label = match *name {
+            "profit" => "PROFIT",
+            other => other,
+        };
+        println!(
+            "{label}: projection fired at {pj} of {mc} main calls ({:.1}%); mean cosine(delta, g) per seed {:?}",
+            100.0 * pj as f64 / mc.max(1) as f64,
+            cos.iter().map(|c| fmt(*c)).collect::<Vec<_>>()
+        );
+        if *name == "profit_naive_delta" {
+            naive_fraction = Some(pj as f64 / mc.max(1) as f64);
+            let a: Vec<&ArmRun> = runs.iter().map(|r| &r.arms[k - 1]).collect();
+            println!(
+                "  naive delta vs the exact reference update, per seed: zero at {:?} main calls; mean cosine {:?}; mean norm ratio {:?}",
+                a.iter().map(|r| r.naive_zero_delta).collect::<Vec<_>>(),
+                a.iter().map(|r| fmt(r.naive_cos_to_exact)).collect::<Vec<_>>(),
+                a.iter().map(|r| fmt(r.naive_norm_ratio)).collect::<Vec<_>>()
+            );
+        }
+    }
     println!("total {:.1} s", total);
 
     if !args.no_plots {
@@ -604,9 +684,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let maps = args.out.join("toy_predictions.svg");
         plot::heatmaps(&maps, GRID, GRID_LO, GRID_HI, &panels, &[(-1.0, 1.0), (0.8, 1.5)])?;
         let mut series = vec![];
-        for (k, name) in
-            ["full", "head", "profit", "profit_lr_ref0"].iter().enumerate().take(first.arms.len())
-        {
+        for (k, name) in names.iter().skip(1).enumerate().take(first.arms.len()) {
             let c = &first.arms[k].curve;
             series.push((format!("{name} new"), c.iter().map(|p| (p.0 as f64, p.2)).collect()));
             series.push((format!("{name} original"), c.iter().map(|p| (p.0 as f64, p.1)).collect()));
@@ -624,13 +702,16 @@ pub fn run(args: Args) -> Result<(), String> {
         println!("plots: {}, {}, {}", maps.display(), curves.display(), pre.display());
     }
     if let Some(path) = &args.json {
-        let value = json!({
+        let mut value = json!({
             "experiment": "toy",
             "settings": s,
             "arms": arms_json,
             "profit_projected_fraction": pj as f64 / mc.max(1) as f64,
             "seconds": total,
         });
+        if let Some(f) = naive_fraction {
+            value["profit_naive_delta_projected_fraction"] = json!(f);
+        }
         write_json(path, &value)?;
         println!("json: {}", path.display());
     }
