@@ -147,6 +147,9 @@ CASES = [
     ("x_rmsmom_noncentered", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 0.004, "momentum": 0.5, "nesterov": True},
                               "main": {"kind": "rmsprop", "lr": 0.002, "alpha": 0.95, "eps": 1e-6, "momentum": 0.3}},
      (64, 3, 1, 16, 24)),
+    ("x_maximize", {"n_ref": 2, "reference": {"kind": "sgd", "lr": 0.003, "momentum": 0.5, "maximize": True},
+                    "main": {"kind": "adamw", "lr": 0.005, "maximize": True}},
+     (64, 5, 3, 8, 24)),
 ]
 
 

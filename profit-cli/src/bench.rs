@@ -102,7 +102,7 @@ const CONVENTION: &str = "bytes read + bytes written per iteration (a copy of N 
 enum Step {
     Cycle,
     CyclePropagate,
-    /// The default cycle with per-tensor projection: reductions fused with the update tensor
+    /// The `Propagate` cycle with per-tensor projection: reductions fused with the update tensor
     /// by tensor, so the main call's second read of delta and g comes from cache.
     CyclePerTensor,
     Adam,
@@ -113,14 +113,14 @@ impl Step {
         match self {
             Step::Cycle => "profit_cycle",
             Step::CyclePropagate => "profit_cycle_propagate",
-            Step::CyclePerTensor => "profit_cycle_per_tensor",
+            Step::CyclePerTensor => "profit_cycle_per_tensor_propagate",
             Step::Adam => "adam",
         }
     }
     fn bytes(self) -> f64 {
         match self {
-            Step::Cycle | Step::CyclePerTensor => 64.0,
-            Step::CyclePropagate => 60.0,
+            Step::Cycle => 64.0,
+            Step::CyclePropagate | Step::CyclePerTensor => 60.0,
             Step::Adam => 32.0,
         }
     }
@@ -302,7 +302,7 @@ fn bench_one<B: Make>(
     match step {
         Step::Cycle | Step::CyclePropagate | Step::CyclePerTensor => {
             let mut config = ProfitConfig::new(Sgd { lr: 1e-9, ..Default::default() }, adam);
-            if step == Step::CyclePropagate {
+            if step == Step::CyclePropagate || step == Step::CyclePerTensor {
                 config.non_finite = NonFinitePolicy::Propagate;
             }
             if step == Step::CyclePerTensor {

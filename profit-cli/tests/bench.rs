@@ -20,15 +20,16 @@ fn bench_quick_writes_json_schema() {
     let copy = v["copy_gbs"].as_f64().expect("copy_gbs is a number");
     assert!(copy.is_finite() && copy > 0.0);
     let results = v["results"].as_array().expect("results is an array");
-    // 2 backends x 3 steps x 2 tensor layouts at one size.
-    assert_eq!(results.len(), 12);
+    // 2 backends x 4 steps x 2 tensor layouts at one size.
+    assert_eq!(results.len(), 16);
     let mut steps = std::collections::BTreeSet::new();
     for r in results {
         let backend = r["backend"].as_str().expect("backend");
         assert!(backend == "ndarray-f32" || backend == "nalgebra-f32", "{backend}");
         let step = r["step"].as_str().expect("step");
         assert!(
-            ["profit_cycle", "profit_cycle_propagate", "profit_cycle_per_tensor", "adam"].contains(&step),
+            ["profit_cycle", "profit_cycle_propagate", "profit_cycle_per_tensor_propagate", "adam"]
+                .contains(&step),
             "{step}"
         );
         steps.insert(step.to_string());
@@ -40,11 +41,11 @@ fn bench_quick_writes_json_schema() {
         }
         let bytes = r["bytes_per_param"].as_f64().unwrap();
         let expected = match step {
-            "profit_cycle" | "profit_cycle_per_tensor" => 64.0,
-            "profit_cycle_propagate" => 60.0,
+            "profit_cycle" => 64.0,
+            "profit_cycle_propagate" | "profit_cycle_per_tensor_propagate" => 60.0,
             _ => 32.0,
         };
         assert_eq!(bytes, expected, "{step}");
     }
-    assert_eq!(steps.len(), 3);
+    assert_eq!(steps.len(), 4);
 }

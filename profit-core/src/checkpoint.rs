@@ -24,6 +24,9 @@ use crate::profit::{Profit, ProfitConfig, Restore};
 pub const FORMAT: &str = "profit-checkpoint";
 /// Current format version.
 pub const VERSION: u32 = 1;
+/// Largest call count a checkpoint may carry (far beyond any run; keeps every counter exact
+/// in the `f64` and `i32` arithmetic of bias corrections).
+pub const MAX_CALLS: u64 = 1 << 40;
 /// Metadata key holding the JSON header.
 const META_KEY: &str = "profit";
 
@@ -60,6 +63,8 @@ struct GroupHeader {
     weight_decay: f64,
     ref_weight_decay: f64,
     ratio_bits: u64,
+    base_lr: f64,
+    base_ref_lr: f64,
     frozen: bool,
 }
 
@@ -72,6 +77,34 @@ fn dtype_of<E: Element>() -> Dtype {
         "f64" => Dtype::F64,
         _ => Dtype::F32,
     }
+}
+
+/// Recompute the checksum of a checkpoint whose header or tensors were edited, so that tests
+/// and fuzzers can reach the loader's other checks with files that are well-formed but wrong.
+/// Not for production use: a resealed file is only as trustworthy as its edits.
+#[doc(hidden)]
+pub fn reseal(bytes: &[u8]) -> Result<Vec<u8>> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("corrupt file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("corrupt file: {e}")))?;
+    let json = metadata.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| err("no header"))?;
+    let h: Header = serde_json::from_str(json).map_err(|e| err(format!("bad header: {e}")))?;
+    let mut names: Vec<&str> = st.names();
+    names.sort();
+    let mut crc = crc32fast::Hasher::new();
+    let mut views = vec![];
+    for name in names {
+        let v = st.tensor(name).map_err(|e| err(e.to_string()))?;
+        crc.update(v.data());
+        views.push((name.to_string(), v));
+    }
+    let canonical = Header { crc32: 0, ..h };
+    crc.update(serde_json::to_string(&canonical).map_err(|e| err(e.to_string()))?.as_bytes());
+    let sealed = Header { crc32: crc.finalize(), ..canonical };
+    let meta = HashMap::from([(
+        META_KEY.to_string(),
+        serde_json::to_string(&sealed).map_err(|e| err(e.to_string()))?,
+    )]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))
 }
 
 /// The tensors a state holds, as (key, tensor index, which buffer).
@@ -151,6 +184,8 @@ impl<B: TensorOps> Profit<B> {
                     weight_decay: g.weight_decay,
                     ref_weight_decay: g.ref_weight_decay,
                     ratio_bits: g.ratio.to_bits(),
+                    base_lr: g.base_lr,
+                    base_ref_lr: g.base_ref_lr,
                     frozen: g.frozen,
                 })
                 .collect(),
@@ -298,6 +333,8 @@ impl<B: TensorOps> Profit<B> {
                 weight_decay: gh.weight_decay,
                 ref_weight_decay: gh.ref_weight_decay,
                 ratio: f64::from_bits(gh.ratio_bits),
+                base_lr: gh.base_lr,
+                base_ref_lr: gh.base_ref_lr,
                 frozen: gh.frozen,
             };
         }
@@ -371,12 +408,18 @@ impl<B: TensorOps> Profit<B> {
                 ("ref_lr", gh.ref_lr),
                 ("weight_decay", gh.weight_decay),
                 ("ref_weight_decay", gh.ref_weight_decay),
+                ("base_lr", gh.base_lr),
+                ("base_ref_lr", gh.base_ref_lr),
             ] {
                 check_lr(name, v).map_err(|e| err(format!("header group: {e}")))?;
             }
-            if f64::from_bits(gh.ratio_bits).is_nan() {
-                return Err(err("header group: ratio is NaN"));
+            let ratio = f64::from_bits(gh.ratio_bits);
+            if ratio.is_nan() || ratio < 0.0 {
+                return Err(err("header group: lr / ref_lr ratio is NaN or negative"));
             }
+        }
+        if h.calls > MAX_CALLS || h.skipped > MAX_CALLS {
+            return Err(err(format!("header counters above {MAX_CALLS}")));
         }
         let (n, warm) = (h.config.n_ref, h.config.warmup_steps);
         let cycled = h.calls.saturating_sub(warm);

@@ -66,7 +66,8 @@ pub trait HostBackend: Sized + 'static {
     const FUSE_PER_TENSOR: bool = true;
     /// Shape (row-major dimensions).
     fn shape(t: &Self::Tensor) -> Vec<usize>;
-    /// Whether `t` has this shape (override to avoid allocating).
+    /// Whether `t` has this shape. Called for every tensor at every step: override it so it
+    /// does not allocate (the default compares against [`shape`](Self::shape)).
     fn has_shape(t: &Self::Tensor, shape: &[usize]) -> bool {
         Self::shape(t) == shape
     }
@@ -764,7 +765,14 @@ mod tests {
 
     fn configs() -> Vec<InnerConfig> {
         let sgd = |momentum, dampening, nesterov| {
-            InnerConfig::Sgd(Sgd { lr: 0.1, momentum, dampening, nesterov, weight_decay: 0.01 })
+            InnerConfig::Sgd(Sgd {
+                lr: 0.1,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay: 0.01,
+                maximize: false,
+            })
         };
         let rms = |momentum, centered| {
             InnerConfig::RmsProp(RmsProp { momentum, centered, weight_decay: 0.01, ..Default::default() })

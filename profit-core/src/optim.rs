@@ -24,11 +24,13 @@ pub struct Sgd {
     pub nesterov: bool,
     /// L2 penalty added to the gradient (default `0`).
     pub weight_decay: f64,
+    /// Maximize the objective: step along `+g` (default `false`).
+    pub maximize: bool,
 }
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd { lr: 1e-3, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }
+        Sgd { lr: 1e-3, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0, maximize: false }
     }
 }
 
@@ -47,11 +49,13 @@ pub struct Adam {
     pub weight_decay: f64,
     /// Use the AMSGrad variant (default `false`).
     pub amsgrad: bool,
+    /// Maximize the objective (default `false`).
+    pub maximize: bool,
 }
 
 impl Default for Adam {
     fn default() -> Self {
-        Adam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, amsgrad: false }
+        Adam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, amsgrad: false, maximize: false }
     }
 }
 
@@ -69,11 +73,20 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Use the AMSGrad variant (default `false`).
     pub amsgrad: bool,
+    /// Maximize the objective (default `false`).
+    pub maximize: bool,
 }
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 1e-2, amsgrad: false }
+        AdamW {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+            maximize: false,
+        }
     }
 }
 
@@ -93,11 +106,21 @@ pub struct RmsProp {
     pub momentum: f64,
     /// Normalize by the estimated variance of the gradient (default `false`).
     pub centered: bool,
+    /// Maximize the objective (default `false`).
+    pub maximize: bool,
 }
 
 impl Default for RmsProp {
     fn default() -> Self {
-        RmsProp { lr: 1e-2, alpha: 0.99, eps: 1e-8, weight_decay: 0.0, momentum: 0.0, centered: false }
+        RmsProp {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
     }
 }
 
@@ -201,6 +224,26 @@ impl InnerConfig {
                 check_nonneg("weight_decay", c.weight_decay)?;
                 check_nonneg("momentum", c.momentum)
             }
+        }
+    }
+
+    /// `maximize` (torch's option): the gradient is negated before the update. Backends see it
+    /// as a negative gradient scale (and projection coefficient), so kernels need nothing extra.
+    pub fn maximize(&self) -> bool {
+        match self {
+            InnerConfig::Sgd(c) => c.maximize,
+            InnerConfig::Adam(c) => c.maximize,
+            InnerConfig::AdamW(c) => c.maximize,
+            InnerConfig::RmsProp(c) => c.maximize,
+        }
+    }
+
+    /// `-1` with `maximize`, else `1`.
+    pub fn grad_sign(&self) -> f64 {
+        if self.maximize() {
+            -1.0
+        } else {
+            1.0
         }
     }
 
@@ -435,7 +478,7 @@ impl<E: Element> AdamRule<E> {
         amsgrad: bool,
     ) -> Self {
         let e = E::from_f64;
-        let t = step.max(1) as i32;
+        let t = step.clamp(1, i32::MAX as u64) as i32;
         let bias_correction1 = 1.0 - betas.0.powi(t);
         let bias_correction2 = 1.0 - betas.1.powi(t);
         AdamRule {

@@ -61,6 +61,10 @@ pub struct GroupState {
     pub ref_weight_decay: f64,
     /// `lr / ref_lr`, kept fixed by [`LrCoupling::FixedRatio`](crate::LrCoupling).
     pub ratio: f64,
+    /// Main learning rate the group was built with (schedules scale it, as torch's `initial_lr`).
+    pub base_lr: f64,
+    /// Reference learning rate the group was built with.
+    pub base_ref_lr: f64,
     /// Frozen.
     pub frozen: bool,
 }
@@ -69,6 +73,7 @@ pub struct GroupState {
 pub(crate) struct Registry<B: TensorOps> {
     pub names: Vec<String>,
     pub shapes: Vec<Vec<usize>>,
+    pub numels: Vec<usize>,
     pub group_of: Vec<usize>,
     pub groups: Vec<GroupState>,
     pub active: Vec<bool>,
@@ -94,6 +99,7 @@ impl<B: TensorOps> Registry<B> {
         let mut reg = Registry {
             names: vec![],
             shapes: vec![],
+            numels: vec![],
             group_of: vec![],
             groups: vec![],
             active: vec![],
@@ -102,7 +108,9 @@ impl<B: TensorOps> Registry<B> {
             reductions: vec![],
         };
         for (gi, group) in groups.iter().enumerate() {
-            let gs = base(&group.options)?;
+            let mut gs = base(&group.options)?;
+            gs.base_lr = gs.lr;
+            gs.base_ref_lr = gs.ref_lr;
             check_lr("lr", gs.lr)?;
             check_lr("ref_lr", gs.ref_lr)?;
             check_lr("weight_decay", gs.weight_decay)?;
@@ -113,7 +121,18 @@ impl<B: TensorOps> Registry<B> {
                 }
                 B::validate(t)?;
                 reg.names.push(name.clone());
-                reg.shapes.push(B::shape(t));
+                let shape = B::shape(t);
+                let numel = shape.iter().product::<usize>();
+                if B::numel(t) != numel {
+                    return Err(ProfitError::ShapeMismatch {
+                        what: "parameter",
+                        name: name.clone(),
+                        expected: shape,
+                        got: vec![B::numel(t)],
+                    });
+                }
+                reg.shapes.push(shape);
+                reg.numels.push(numel);
                 reg.group_of.push(gi);
                 reg.active.push(!gs.frozen);
             }
@@ -160,7 +179,9 @@ impl<B: TensorOps> Registry<B> {
         }
         for i in 0..n {
             for (what, t) in [("parameter", &*params[i]), ("gradient", grads[i])] {
-                if !B::has_shape(t, &self.shapes[i]) {
+                // The element count too: a tensor whose data does not fill its shape would
+                // otherwise fail half-way through a step.
+                if !B::has_shape(t, &self.shapes[i]) || B::numel(t) != self.numels[i] {
                     return Err(ProfitError::ShapeMismatch {
                         what,
                         name: self.names[i].clone(),

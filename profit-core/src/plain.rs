@@ -36,6 +36,8 @@ impl<B: TensorOps> Plain<B> {
                 weight_decay: o.weight_decay.unwrap_or(config.weight_decay()),
                 ref_weight_decay: 0.0,
                 ratio: 0.0,
+                base_lr: 0.0,
+                base_ref_lr: 0.0,
                 frozen: o.frozen,
             })
         };
@@ -76,7 +78,7 @@ impl<B: TensorOps> Plain<B> {
             let k = &mut self.reg.kernels[i];
             k.pass = Pass::Plain;
             k.rule = self.config.rule(step, g.lr, g.weight_decay);
-            k.grad_scale = B::Elem::from_f64(1.0);
+            k.grad_scale = B::Elem::from_f64(self.config.grad_sign());
         }
         B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
         self.steps = step;
@@ -98,12 +100,28 @@ impl<B: TensorOps> Plain<B> {
         self.reg.groups[0].lr
     }
 
-    /// Set the learning rate of every group.
+    /// Set the learning rate of group 0 to `lr` and every other group's in proportion to the
+    /// rates they were built with (all to `lr` if group 0 was built with rate 0).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         crate::optim::check_lr("lr", lr)?;
-        for g in &mut self.reg.groups {
-            g.lr = lr;
+        let base = self.reg.groups[0].base_lr;
+        if base > 0.0 {
+            self.set_lr_factor(lr / base)?;
+        } else {
+            self.reg.groups.iter_mut().for_each(|g| g.lr = lr);
         }
+        self.reg.groups[0].lr = lr;
+        Ok(())
+    }
+
+    /// Set every group's learning rate to `factor` times the rate it was built with (what
+    /// schedules do). Checks every new rate before setting any.
+    pub fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
+        crate::optim::check_lr("lr factor", factor)?;
+        for g in &self.reg.groups {
+            crate::optim::check_lr("lr", g.base_lr * factor)?;
+        }
+        self.reg.groups.iter_mut().for_each(|g| g.lr = g.base_lr * factor);
         Ok(())
     }
 

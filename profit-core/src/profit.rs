@@ -270,12 +270,17 @@ impl<B: TensorOps> Profit<B> {
         let ratio = ratio_of(main.lr(), reference.lr());
         let base = |o: &GroupOptions| {
             let lr = o.lr.unwrap_or(main.lr());
+            // A group with its own lr gets its reference rate at the optimizer's ratio, unless
+            // that ratio is degenerate (0 or infinite).
+            let follows = o.lr.is_some() && ratio.is_finite() && ratio > 0.0;
             Ok(GroupState {
                 lr,
-                ref_lr: o.ref_lr.unwrap_or(if o.lr.is_some() { lr / ratio } else { reference.lr() }),
+                ref_lr: o.ref_lr.unwrap_or(if follows { lr / ratio } else { reference.lr() }),
                 weight_decay: o.weight_decay.unwrap_or(main.weight_decay()),
                 ref_weight_decay: reference.weight_decay(),
                 ratio: 0.0,
+                base_lr: 0.0,
+                base_ref_lr: 0.0,
                 frozen: o.frozen,
             })
         };
@@ -325,16 +330,26 @@ impl<B: TensorOps> Profit<B> {
     /// on error nothing is changed.
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<StepReport> {
         self.reg.check_call(params, grads)?;
+        if self.calls >= crate::checkpoint::MAX_CALLS {
+            return Err(ProfitError::InvalidHyperparameter {
+                name: "calls",
+                value: self.calls as f64,
+                reason: "the optimizer has taken the most calls it counts (2^40)",
+            });
+        }
         let (phase, first) = self.phase_at(self.calls);
 
         // Pass 1: reductions. At main calls omega, |delta|^2 and |g|^2 in one pass; at other calls
         // |g|^2 only, needed to refuse non-finite gradients and for clipping. With per-tensor
-        // projection on a backend that prefers it, the main call's reductions are fused per
-        // tensor with pass 2 instead (below), so each tensor's second read comes from cache.
+        // projection, `NonFinitePolicy::Propagate` and no clipping, on a backend that prefers it,
+        // the main call's reductions are fused per tensor with pass 2 instead (below), so each
+        // tensor's second read comes from cache.
         let main = phase == Phase::Main;
-        let fuse = main && self.config.projection == Projection::PerTensor && B::FUSE_PER_TENSOR;
         let need_pre =
             self.config.non_finite != NonFinitePolicy::Propagate || self.config.max_grad_norm.is_some();
+        // Fusing only pays when no gradient pre-pass is needed: the non-finite check and the
+        // clipping norm must see every gradient before any tensor changes.
+        let fuse = main && self.config.projection == Projection::PerTensor && B::FUSE_PER_TENSOR && !need_pre;
         if (main && !fuse) || need_pre {
             let states = (main && !fuse).then_some(&self.reg.states[..]);
             B::reduce_all(&self.reg.active, states, grads, &mut self.reg.reductions)?;
@@ -377,12 +392,13 @@ impl<B: TensorOps> Profit<B> {
             let k = &mut self.reg.kernels[i];
             k.pass = pass;
             k.rule = inner.rule(step, lr, wd);
-            k.grad_scale = B::Elem::from_f64(scale);
+            k.grad_scale = B::Elem::from_f64(inner.grad_sign() * scale);
             k.proj = B::Elem::from_f64(0.0);
         }
         let mut report = None;
         if fuse {
-            let coef = |r: Reduction| B::Elem::from_f64(projection_coef(r.omega * scale, r.delta_sq));
+            let sign = inner.grad_sign();
+            let coef = |r: Reduction| B::Elem::from_f64(sign * projection_coef(r.omega * scale, r.delta_sq));
             let reg = &mut self.reg;
             B::reduce_apply_all(
                 &reg.active,
@@ -428,7 +444,8 @@ impl<B: TensorOps> Profit<B> {
             };
             let projected = coef != 0.0;
             any |= projected;
-            self.reg.kernels[i].proj = B::Elem::from_f64(coef);
+            // With `maximize` the main optimizer negates the (projected) gradient.
+            self.reg.kernels[i].proj = B::Elem::from_f64(self.config.main.grad_sign() * coef);
             self.tensor_reports[i] = TensorReport {
                 omega: o_i,
                 delta_norm_sq: d_i,
@@ -485,21 +502,40 @@ impl<B: TensorOps> Profit<B> {
         self.reg.groups[0].ref_lr
     }
 
-    /// Set the main learning rate of every group (scaling each group's rate by the same factor
-    /// relative to group 0, as schedulers do). With [`LrCoupling::FixedRatio`] the reference
-    /// rates follow at each group's fixed ratio.
+    /// Set group 0's main learning rate to `lr` and every other group's in proportion to the
+    /// rates they were built with (all to `lr` if group 0 was built with rate 0). With
+    /// [`LrCoupling::FixedRatio`] each group's reference rate follows at its ratio.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         check_lr("lr", lr)?;
-        let base = self.reg.groups[0].lr;
+        let base = self.reg.groups[0].base_lr;
+        if base > 0.0 {
+            self.set_lr_factor(lr / base)?;
+            self.set_group_lr(0, lr)
+        } else {
+            for i in 0..self.reg.groups.len() {
+                self.set_group_lr(i, lr)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Set every group's main learning rate to `factor` times the rate it was built with (what
+    /// [`Scheduler`](crate::schedule::Scheduler) does); with [`LrCoupling::FixedRatio`] the
+    /// reference rates follow at each group's ratio. Checks every new rate before setting any.
+    pub fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
+        check_lr("lr factor", factor)?;
+        for g in &self.reg.groups {
+            check_lr("lr", g.base_lr * factor)?;
+        }
         for i in 0..self.reg.groups.len() {
-            let g = self.reg.groups[i];
-            let new = if i == 0 || base == 0.0 { lr } else { g.lr * lr / base };
-            self.set_group_lr(i, new)?;
+            let lr = self.reg.groups[i].base_lr * factor;
+            self.set_group_lr(i, lr)?;
         }
         Ok(())
     }
 
-    /// Set one group's main learning rate (the reference rate follows with a fixed ratio).
+    /// Set one group's main learning rate; with [`LrCoupling::FixedRatio`] its reference rate
+    /// follows at the group's ratio (unless that ratio is 0 or infinite).
     pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         check_lr("lr", lr)?;
         let count = self.reg.groups.len();
@@ -511,17 +547,39 @@ impl<B: TensorOps> Profit<B> {
         Ok(())
     }
 
-    /// Set the reference learning rate of every group (with [`LrCoupling::FixedRatio`] this
-    /// redefines the ratio).
+    /// Set group 0's reference learning rate to `lr` and every other group's in proportion to
+    /// the reference rates they were built with (all to `lr` if group 0's was 0). With
+    /// [`LrCoupling::FixedRatio`] this redefines the ratios.
     pub fn set_ref_lr(&mut self, lr: f64) -> Result<()> {
         check_lr("ref_lr", lr)?;
+        let base = self.reg.groups[0].base_ref_lr;
+        if base > 0.0 {
+            self.set_ref_lr_factor(lr / base)?;
+            self.set_group_ref_lr(0, lr)
+        } else {
+            for i in 0..self.reg.groups.len() {
+                self.set_group_ref_lr(i, lr)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Set every group's reference learning rate to `factor` times the rate it was built with.
+    /// Checks every new rate before setting any.
+    pub fn set_ref_lr_factor(&mut self, factor: f64) -> Result<()> {
+        check_lr("ref lr factor", factor)?;
+        for g in &self.reg.groups {
+            check_lr("ref_lr", g.base_ref_lr * factor)?;
+        }
         for i in 0..self.reg.groups.len() {
+            let lr = self.reg.groups[i].base_ref_lr * factor;
             self.set_group_ref_lr(i, lr)?;
         }
         Ok(())
     }
 
-    /// Set one group's reference learning rate.
+    /// Set one group's reference learning rate (with [`LrCoupling::FixedRatio`] this redefines
+    /// the group's ratio).
     pub fn set_group_ref_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         check_lr("ref_lr", lr)?;
         let count = self.reg.groups.len();

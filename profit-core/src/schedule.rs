@@ -85,9 +85,10 @@ pub struct LinearWarmup {
 
 impl Schedule for LinearWarmup {
     fn factor(&self, t: u64) -> f64 {
-        let n = self.total_iters.max(1) as f64;
-        let t = t.min(self.total_iters) as f64;
-        self.start_factor + (self.end_factor - self.start_factor) * t / n
+        if t >= self.total_iters {
+            return self.end_factor;
+        }
+        self.start_factor + (self.end_factor - self.start_factor) * t as f64 / self.total_iters as f64
     }
 }
 
@@ -121,14 +122,16 @@ impl Schedule for Sequential {
 pub trait LrControl {
     /// Main learning rate (group 0).
     fn lr(&self) -> f64;
-    /// Set the main learning rate (every group, keeping their proportions).
-    fn set_lr(&mut self, lr: f64) -> Result<()>;
-    /// Reference learning rate, if the optimizer has one.
+    /// Set every group's main rate to `factor` times the rate it was built with (the reference
+    /// rates follow the optimizer's coupling). Checks every rate before setting any.
+    fn set_lr_factor(&mut self, factor: f64) -> Result<()>;
+    /// Reference learning rate (group 0), if the optimizer has one.
     fn ref_lr(&self) -> Option<f64> {
         None
     }
-    /// Set the reference learning rate (no-op for optimizers without one).
-    fn set_ref_lr(&mut self, _lr: f64) -> Result<()> {
+    /// Set every group's reference rate to `factor` times the rate it was built with (no-op for
+    /// optimizers without one).
+    fn set_ref_lr_factor(&mut self, _factor: f64) -> Result<()> {
         Ok(())
     }
 }
@@ -137,14 +140,14 @@ impl<B: TensorOps> LrControl for Profit<B> {
     fn lr(&self) -> f64 {
         Profit::lr(self)
     }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        Profit::set_lr(self, lr)
+    fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
+        Profit::set_lr_factor(self, factor)
     }
     fn ref_lr(&self) -> Option<f64> {
         Some(Profit::ref_lr(self))
     }
-    fn set_ref_lr(&mut self, lr: f64) -> Result<()> {
-        Profit::set_ref_lr(self, lr)
+    fn set_ref_lr_factor(&mut self, factor: f64) -> Result<()> {
+        Profit::set_ref_lr_factor(self, factor)
     }
 }
 
@@ -152,36 +155,28 @@ impl<B: TensorOps> LrControl for Plain<B> {
     fn lr(&self) -> f64 {
         Plain::lr(self)
     }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        Plain::set_lr(self, lr)
+    fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
+        Plain::set_lr_factor(self, factor)
     }
 }
 
-/// Drives an optimizer's learning rates from schedules. Call [`step`](Self::step) once per
-/// scheduler period (per batch or per epoch, as with PyTorch). Stateless apart from its step
-/// count, so a resumed run rebuilds it with [`at`](Self::at).
+/// Drives an optimizer's learning rates from schedules, as factors of the rates each group was
+/// built with (torch's `initial_lr`). Call [`step`](Self::step) once per scheduler period (per
+/// batch or per epoch, as with PyTorch). It holds only its step count: a resumed run (whose
+/// checkpoint restores the built-with rates) rebuilds it with [`at`](Self::at).
 pub struct Scheduler {
     main: Box<dyn Schedule>,
     reference: Option<Box<dyn Schedule>>,
-    base_lr: f64,
-    base_ref_lr: Option<f64>,
     t: u64,
 }
 
 impl Scheduler {
-    /// Drive the main rate from `schedule`, starting at the optimizer's current rates (which
-    /// become the base rates). The reference rate follows the optimizer's coupling.
-    pub fn new(opt: &impl LrControl, schedule: impl Schedule + 'static) -> Self {
-        Scheduler {
-            main: Box::new(schedule),
-            reference: None,
-            base_lr: opt.lr(),
-            base_ref_lr: opt.ref_lr(),
-            t: 0,
-        }
+    /// Drive the main rates from `schedule`; the reference rates follow the optimizer's coupling.
+    pub fn new(schedule: impl Schedule + 'static) -> Self {
+        Scheduler { main: Box::new(schedule), reference: None, t: 0 }
     }
 
-    /// Give the reference rate a schedule of its own (set after the main rate at every step).
+    /// Give the reference rates a schedule of their own (applied after the main rates).
     pub fn with_reference(mut self, schedule: impl Schedule + 'static) -> Self {
         self.reference = Some(Box::new(schedule));
         self
@@ -198,39 +193,36 @@ impl Scheduler {
         self.t
     }
 
-    /// The main learning rate at step `t`.
-    pub fn lr_at(&self, t: u64) -> f64 {
-        self.base_lr * self.main.factor(t)
+    /// The main factor at step `t`.
+    pub fn factor_at(&self, t: u64) -> f64 {
+        self.main.factor(t)
     }
 
-    /// Apply the rates of the current step to `opt` (call once after building, if the schedule
-    /// does not start at factor 1).
+    /// Apply the rates of the current step to `opt` (call once after building if the schedule
+    /// does not start at factor 1). A refused factor changes nothing.
     pub fn apply(&self, opt: &mut impl LrControl) -> Result<()> {
-        let lr = self.lr_at(self.t);
-        let ref_lr = match (&self.reference, self.base_ref_lr) {
-            (Some(s), Some(base)) => Some(base * s.factor(self.t)),
-            _ => None,
-        };
-        // Check both rates before setting either, so a bad schedule changes nothing.
-        check_lr("lr", lr)?;
-        if let Some(r) = ref_lr {
-            check_lr("ref_lr", r)?;
+        let f = self.main.factor(self.t);
+        let rf = self.reference.as_ref().map(|s| s.factor(self.t));
+        // Check both factors before setting either, so a bad schedule changes nothing.
+        check_lr("lr factor", f)?;
+        if let Some(r) = rf {
+            check_lr("ref lr factor", r)?;
         }
-        opt.set_lr(lr)?;
-        if let Some(r) = ref_lr {
-            opt.set_ref_lr(r)?;
+        opt.set_lr_factor(f)?;
+        if let Some(r) = rf {
+            opt.set_ref_lr_factor(r)?;
         }
         Ok(())
     }
 
-    /// Advance one step and apply the new rates. Returns the new main rate.
+    /// Advance one step and apply the new rates. Returns the new main rate (group 0).
     pub fn step(&mut self, opt: &mut impl LrControl) -> Result<f64> {
         self.t += 1;
         if let Err(e) = self.apply(opt) {
             self.t -= 1;
             return Err(e);
         }
-        Ok(self.lr_at(self.t))
+        Ok(opt.lr())
     }
 }
 

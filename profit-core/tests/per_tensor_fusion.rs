@@ -3,7 +3,7 @@
 
 use profit_core::error::BackendError;
 use profit_core::host::{HostBackend, VecBackend, VecTensor};
-use profit_core::{Adam, InnerConfig, Profit, ProfitConfig, Projection, RmsProp, Sgd};
+use profit_core::{Adam, InnerConfig, NonFinitePolicy, Profit, ProfitConfig, Projection, RmsProp, Sgd};
 
 /// The built-in host backend with the per-tensor fusion switched off.
 struct TwoSweeps;
@@ -39,7 +39,7 @@ fn data(seed: u64, n: usize) -> Vec<f32> {
 
 fn run<B: HostBackend<Elem = f32, Tensor = VecTensor<f32>>>(
     main: InnerConfig,
-    clip: Option<f64>,
+    policy: NonFinitePolicy,
 ) -> Vec<Vec<f32>> {
     // Three tensors, one large enough to be split across threads.
     let shapes: [&[usize]; 3] = [&[7, 5], &[300, 400], &[13]];
@@ -50,7 +50,7 @@ fn run<B: HostBackend<Elem = f32, Tensor = VecTensor<f32>>>(
         .collect();
     let config = ProfitConfig {
         projection: Projection::PerTensor,
-        max_grad_norm: clip,
+        non_finite: policy,
         n_ref: 2,
         ..ProfitConfig::new(Sgd { lr: 1e-2, momentum: 0.5, ..Sgd::default() }, main)
     };
@@ -80,10 +80,26 @@ fn fused_per_tensor_equals_two_sweeps_bitwise() {
         Sgd { lr: 0.1, momentum: 0.9, nesterov: true, ..Sgd::default() }.into(),
     ];
     for main in mains {
-        for clip in [None, Some(0.5)] {
-            let fused = run::<VecBackend<f32>>(main, clip);
-            let swept = run::<TwoSweeps>(main, clip);
-            assert!(fused == swept, "{main:?} clip {clip:?}: fused per-tensor run differs");
+        // Propagate: the fused path runs; Error: both take the two-sweep path.
+        for policy in [NonFinitePolicy::Propagate, NonFinitePolicy::Error] {
+            let fused = run::<VecBackend<f32>>(main, policy);
+            let swept = run::<TwoSweeps>(main, policy);
+            assert!(fused == swept, "{main:?} {policy:?}: fused per-tensor run differs");
         }
     }
+}
+
+#[test]
+fn tensor_whose_data_does_not_fill_its_shape_is_refused_before_anything_changes() {
+    let mut a = VecTensor::new(&[3], vec![1.0f32, 2.0, 3.0]).unwrap();
+    let mut b = VecTensor::new(&[2], vec![0.5f32, 0.5]).unwrap();
+    let config = ProfitConfig::new(Sgd { lr: 0.1, ..Sgd::default() }, Sgd { lr: 0.1, ..Sgd::default() });
+    let mut opt = Profit::<VecBackend<f32>>::new(config, &[&a, &b]).unwrap();
+    let ga = VecTensor::new(&[3], vec![1.0f32; 3]).unwrap();
+    // Public fields make an inconsistent tensor possible: two elements of data, shape [2] ... of 1.
+    let gb = VecTensor { data: vec![1.0f32], shape: vec![2] };
+    let err = opt.step(&mut [&mut a, &mut b], &[&ga, &gb]).unwrap_err();
+    assert!(matches!(err, profit_core::ProfitError::ShapeMismatch { .. }), "{err}");
+    assert_eq!(a.data, vec![1.0, 2.0, 3.0], "the other tensor moved");
+    assert_eq!(opt.calls(), 0);
 }

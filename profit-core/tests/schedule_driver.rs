@@ -23,7 +23,7 @@ fn opt(coupling: LrCoupling) -> Profit<NdArray<f64>> {
 #[test]
 fn fixed_ratio_reference_follows_main() {
     let mut o = opt(LrCoupling::FixedRatio);
-    let mut s = Scheduler::new(&o, StepLr { step_size: 2, gamma: 0.5 });
+    let mut s = Scheduler::new(StepLr { step_size: 2, gamma: 0.5 });
     for t in 1..=5u64 {
         let lr = s.step(&mut o).unwrap();
         let f = 0.5f64.powi((t / 2) as i32);
@@ -38,7 +38,7 @@ fn fixed_ratio_reference_follows_main() {
 #[test]
 fn reference_on_its_own_schedule() {
     let mut o = opt(LrCoupling::Free);
-    let mut s = Scheduler::new(&o, CosineAnnealing { t_max: 10, min_factor: 0.0 })
+    let mut s = Scheduler::new(CosineAnnealing { t_max: 10, min_factor: 0.0 })
         .with_reference(ExponentialLr { gamma: 0.9 });
     for _ in 0..3 {
         s.step(&mut o).unwrap();
@@ -50,7 +50,7 @@ fn reference_on_its_own_schedule() {
 #[test]
 fn bad_schedule_changes_nothing() {
     let mut o = opt(LrCoupling::FixedRatio);
-    let mut s = Scheduler::new(&o, ExponentialLr { gamma: -1.0 });
+    let mut s = Scheduler::new(ExponentialLr { gamma: -1.0 });
     let before = o.groups().to_vec();
     assert!(s.step(&mut o).is_err(), "a negative rate is refused");
     assert_eq!(o.groups(), &before[..]);
@@ -64,4 +64,43 @@ impl<S: profit_core::schedule::Schedule> At for S {
     fn factor_at(&self, t: u64) -> f64 {
         self.factor(t)
     }
+}
+
+#[test]
+fn groups_keep_their_proportions_through_zero_and_back() {
+    // LinearWarmup from 0: every group passes through rate 0 and must come back to its own rate.
+    let mut o = opt(LrCoupling::FixedRatio);
+    let mut s = Scheduler::new(profit_core::schedule::LinearWarmup {
+        start_factor: 0.0,
+        end_factor: 1.0,
+        total_iters: 2,
+    });
+    s.apply(&mut o).unwrap();
+    assert_eq!([o.groups()[0].lr, o.groups()[1].lr], [0.0, 0.0]);
+    s.step(&mut o).unwrap();
+    s.step(&mut o).unwrap();
+    assert_eq!([o.groups()[0].lr, o.groups()[1].lr], [1e-2, 2e-2]);
+    assert!((o.groups()[1].ref_lr - 2e-4).abs() < 1e-18, "{}", o.groups()[1].ref_lr);
+}
+
+#[test]
+fn set_ref_lr_keeps_group_proportions() {
+    let mut o = opt(LrCoupling::Free);
+    o.set_ref_lr(5e-5).unwrap();
+    assert_eq!(o.groups()[0].ref_lr, 5e-5);
+    assert!((o.groups()[1].ref_lr - 1e-4).abs() < 1e-18, "group 1 was built at 2e-4");
+}
+
+#[test]
+fn own_group_lr_with_zero_main_lr_builds() {
+    // Main lr 0 (to be raised by a schedule): a group's own lr must not give an infinite ref lr.
+    let w = ArrayD::<f64>::zeros(IxDyn(&[2]));
+    let b = ArrayD::<f64>::zeros(IxDyn(&[1]));
+    let config = ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam { lr: 0.0, ..Adam::default() });
+    let groups = vec![
+        ParamGroup::new([("w", &w)]),
+        ParamGroup::new([("b", &b)]).options(GroupOptions { lr: Some(1e-3), ..Default::default() }),
+    ];
+    let o = Profit::<NdArray<f64>>::with_groups(config, groups).unwrap();
+    assert_eq!(o.groups()[1].ref_lr, 1e-4);
 }

@@ -107,14 +107,15 @@ fn join(header: &Value, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Rewrite the PROFIT metadata JSON inside a checkpoint.
+/// Rewrite the PROFIT metadata JSON inside a checkpoint and recompute its checksum, so that the
+/// edit is caught by the loader's own check for it, not by the checksum.
 fn edit_meta(bytes: &[u8], f: impl Fn(&mut Value)) -> Vec<u8> {
     let (mut header, data) = split(bytes);
     let meta = header["__metadata__"]["profit"].as_str().expect("profit metadata").to_string();
     let mut m: Value = serde_json::from_str(&meta).expect("meta json");
     f(&mut m);
     header["__metadata__"]["profit"] = Value::String(m.to_string());
-    join(&header, &data)
+    profit_core::checkpoint::reseal(&join(&header, &data)).expect("reseal")
 }
 
 /// Checkpoints that do not fit are refused with `ProfitError::Checkpoint`, and the optimizer
@@ -176,6 +177,18 @@ pub fn refuse_bad<H: Harness>(h: &H) {
             }),
         ),
         ("inconsistent counters".into(), edit_meta(&good, |m| m["calls"] = 1000.into())),
+        (
+            "huge but consistent counters".into(),
+            edit_meta(&good, |m| {
+                m["calls"] = u64::MAX.into();
+                m["ref_steps"] = (1u64 << 63).into();
+                m["main_steps"] = ((1u64 << 63) - 1).into();
+            }),
+        ),
+        (
+            "negative lr ratio".into(),
+            edit_meta(&good, |m| m["groups"][0]["ratio_bits"] = (-1.0f64).to_bits().into()),
+        ),
         ("negative lr in header".into(), edit_meta(&good, |m| m["groups"][0]["lr"] = (-1.0).into())),
         ("invalid config in header".into(), edit_meta(&good, |m| m["config"]["n_ref"] = 0.into())),
         ("no PROFIT metadata".into(), {
@@ -195,6 +208,11 @@ pub fn refuse_bad<H: Harness>(h: &H) {
     for cut in [1, 8, 9, good.len() / 2, good.len() - 1] {
         bad.push((format!("truncated to {cut} bytes"), good[..cut].to_vec()));
     }
+    // The resealing helper itself must produce loadable files, or every edit above would be
+    // refused for the wrong reason.
+    let resealed = edit_meta(&good, |_| {});
+    let mut probe = build::<H>(h, &case, config, &init(&case));
+    probe.opt.load_checkpoint(&resealed).expect("a resealed unedited checkpoint loads");
     for (what, bytes) in &bad {
         match a.opt.load_checkpoint(bytes) {
             Err(ProfitError::Checkpoint(_)) => {}

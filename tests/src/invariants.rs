@@ -24,6 +24,7 @@ pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
                 dampening: if nesterov { 0.0 } else { d },
                 nesterov,
                 weight_decay: wd,
+                maximize: false,
             })
         }),
         (0.5..0.95f64, 0.9..0.9999f64, 1e-8..1e-3f64, 0.0..0.1f64, any::<bool>()).prop_map(
@@ -32,7 +33,8 @@ pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
                 betas: (b1, b2),
                 eps,
                 weight_decay: wd,
-                amsgrad: ams
+                amsgrad: ams,
+                maximize: false,
             })
         ),
         (0.5..0.95f64, 0.9..0.9999f64, 1e-8..1e-3f64, 0.0..0.1f64, any::<bool>()).prop_map(
@@ -41,7 +43,8 @@ pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
                 betas: (b1, b2),
                 eps,
                 weight_decay: wd,
-                amsgrad: ams
+                amsgrad: ams,
+                maximize: false,
             })
         ),
         (0.8..0.999f64, 1e-8..1e-3f64, 0.0..0.1f64, 0.0..0.9f64, any::<bool>()).prop_map(
@@ -51,7 +54,8 @@ pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
                 eps,
                 weight_decay: wd,
                 momentum: m,
-                centered: c
+                centered: c,
+                maximize: false,
             })
         ),
     ]
