@@ -26,7 +26,7 @@
 typedef unsigned long long u64;
 typedef unsigned int u32;
 
-// Mirrored by `Desc` in adapters/profit-cuda/src/launch.rs: 10 little-endian u64 words.
+// Mirrored by `Desc` in adapters/profit-cuda/src/ops.rs: 10 little-endian u64 words.
 struct Desc {
     u64 p, g, d, a, s0, s1, s2;  // device pointers (0 where the pass does not use the array)
     u64 n;                       // elements

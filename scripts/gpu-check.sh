@@ -46,6 +46,8 @@ if [ ! -d "$golden" ]; then
         || echo "gpu-check: cannot link $golden to tests/golden: golden replays will fail" >&2
 fi
 
+# On this machine a missing GPU is a failure, not a skip.
+export PROFIT_REQUIRE_GPU=1
 step device 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
 step ptx-checks 60 "$BIN/profit-cuda-ptx" --nocapture
 step gpu-tests 300 "$BIN/profit-cuda-gpu" --nocapture --test-threads=1

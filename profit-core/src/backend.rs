@@ -105,6 +105,11 @@ pub trait TensorOps: Sized + 'static {
     /// A short name for reports (`"ndarray"`, `"cuda"`, ...).
     const NAME: &'static str;
 
+    /// Element order of [`read`](Self::read) / [`write`](Self::write) (and of the kernels):
+    /// `"row-major"` (default) or `"column-major"`. Checkpoints record it and refuse to load
+    /// into a backend with another order.
+    const STORAGE_ORDER: &'static str = "row-major";
+
     /// Whether [`reduce_apply_all`](Self::reduce_apply_all) beats [`reduce_all`](Self::reduce_all)
     /// then [`apply_all`](Self::apply_all) for per-tensor projection (host backends: the tensor
     /// is still in cache for its second pass). Provided: `false`.
@@ -135,10 +140,12 @@ pub trait TensorOps: Sized + 'static {
     /// `dst = src` (same shape).
     fn copy(dst: &mut Self::Tensor, src: &Self::Tensor) -> Result<(), BackendError>;
 
-    /// Copy a tensor's elements, row-major, into host memory (`out.len() == numel`).
+    /// Copy a tensor's elements, in [`STORAGE_ORDER`](Self::STORAGE_ORDER), into host memory
+    /// (`out.len() == numel`).
     fn read(t: &Self::Tensor, out: &mut [Self::Elem]) -> Result<(), BackendError>;
 
-    /// Overwrite a tensor's elements from host memory, row-major (`src.len() == numel`).
+    /// Overwrite a tensor's elements from host memory, in [`STORAGE_ORDER`](Self::STORAGE_ORDER)
+    /// (`src.len() == numel`).
     fn write(t: &mut Self::Tensor, src: &[Self::Elem]) -> Result<(), BackendError>;
 
     /// f64 reductions of one tensor: `|grad|^2` always; `<delta, grad>` and `|delta|^2` when

@@ -35,7 +35,10 @@ struct Header {
     format: String,
     version: u32,
     dtype: String,
+    /// Informational: the backend that wrote the file.
     backend: String,
+    /// Element order of every tensor (`row-major` or `column-major`).
+    storage_order: String,
     config: ProfitConfig,
     calls: u64,
     skipped: u64,
@@ -169,6 +172,7 @@ impl<B: TensorOps> Profit<B> {
             version: VERSION,
             dtype: B::Elem::DTYPE.into(),
             backend: B::NAME.into(),
+            storage_order: B::STORAGE_ORDER.into(),
             config: self.config,
             calls: self.calls,
             skipped: self.skipped,
@@ -264,11 +268,13 @@ impl<B: TensorOps> Profit<B> {
         if h.version != VERSION {
             return Err(err(format!("format version {}, this build reads version {VERSION}", h.version)));
         }
-        if h.backend != B::NAME {
+        if h.storage_order != B::STORAGE_ORDER {
             return Err(err(format!(
-                "checkpoint was written by backend `{}`, this optimizer runs on `{}` (storage orders may differ)",
+                "checkpoint holds {} tensors (backend `{}`), this optimizer's backend `{}` is {}",
+                h.storage_order,
                 h.backend,
-                B::NAME
+                B::NAME,
+                B::STORAGE_ORDER
             )));
         }
         if h.dtype != B::Elem::DTYPE {

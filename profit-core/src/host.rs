@@ -61,6 +61,8 @@ pub trait HostBackend: Sized + 'static {
     type Tensor: Send + Sync;
     /// Short name for reports.
     const NAME: &'static str;
+    /// Element order of the slices (see [`TensorOps::STORAGE_ORDER`]).
+    const STORAGE_ORDER: &'static str = "row-major";
     /// Fuse per-tensor projection's reductions with the update, tensor by tensor (default
     /// `true`; see [`TensorOps::FUSE_PER_TENSOR`]).
     const FUSE_PER_TENSOR: bool = true;
@@ -131,6 +133,7 @@ impl<H: HostBackend> TensorOps for H {
     type Tensor = H::Tensor;
     const NAME: &'static str = H::NAME;
     const FUSE_PER_TENSOR: bool = H::FUSE_PER_TENSOR;
+    const STORAGE_ORDER: &'static str = H::STORAGE_ORDER;
 
     fn shape(t: &Self::Tensor) -> Vec<usize> {
         H::shape(t)

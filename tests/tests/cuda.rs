@@ -24,11 +24,18 @@ impl<E: CudaElement> Harness for Gpu<E> {
     }
 }
 
+/// The GPU harness, or why the suite is skipped. With `PROFIT_REQUIRE_GPU=1` (as on a GPU
+/// machine) a missing GPU fails the tests instead of skipping them.
 fn gpu<E: CudaElement>() -> Result<Gpu<E>, String> {
-    CudaBackend::new(0).map(|backend| Gpu { backend, _elem: Default::default() }).map_err(|e| match e {
-        BackendError::Unavailable(why) => why,
-        other => other.to_string(),
-    })
+    let made =
+        CudaBackend::new(0).map(|backend| Gpu { backend, _elem: Default::default() }).map_err(|e| match e {
+            BackendError::Unavailable(why) => why,
+            other => other.to_string(),
+        });
+    if let (Err(why), Ok("1")) = (&made, std::env::var("PROFIT_REQUIRE_GPU").as_deref()) {
+        panic!("PROFIT_REQUIRE_GPU=1 but no usable GPU: {why}");
+    }
+    made
 }
 
 conformance_suite!(cuda_f32, gpu::<f32>);

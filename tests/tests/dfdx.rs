@@ -131,8 +131,10 @@ fn replay(case: &GoldenCase) -> Result<f64, String> {
             return Err(at(format!("phase {phase}, expected {}", rec.phase)));
         }
         let (w_all, b_all) = (model.w.as_vec(), model.b.as_vec());
-        if w_all.iter().enumerate().any(|(i, &x)| (i / MAX_K >= d || i % MAX_K >= k) && x != 0.0) {
-            return Err(at("a padding entry of w moved".into()));
+        if w_all.iter().enumerate().any(|(i, &x)| (i / MAX_K >= d || i % MAX_K >= k) && x != 0.0)
+            || b_all.iter().skip(k).any(|&x| x != 0.0)
+        {
+            return Err(at("a padding entry moved".into()));
         }
         for (name, got) in [("w", unpad(&w_all, d, k)), ("b", unpad(&b_all, 1, k))] {
             let exp = rec.params.get(name).ok_or_else(|| at(format!("no {name}")))?;

@@ -9,7 +9,7 @@
 //!   in f64, then projects, restores and steps the main optimizer in one more pass.
 //! - One launch covers all tensors (a device table of pointers and per-tensor scalars), so a
 //!   step costs O(1) launches whatever the number of tensors; reductions come back as three
-//!   `f64` per tensor. Tables and scratch are kept and reused: a step allocates nothing.
+//!   `f64` per tensor. Device tables and scratch are kept and reused: a step allocates no device memory (cudarc builds a small host argument list per launch).
 //! - The element math mirrors profit-core's host loops operation for operation (no FMA
 //!   contraction, IEEE division and square root), so the apply passes round as the CPU
 //!   backends do; reductions are deterministic (fixed order) but summed in another order than

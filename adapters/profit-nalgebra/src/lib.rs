@@ -6,7 +6,8 @@
 //!
 //! Shapes are `[nrows, ncols]` (`[len]` for vectors). Elements are handed to the kernels in
 //! nalgebra's storage order (column-major); [`TensorOps::read`](profit_core::TensorOps::read)
-//! and `write` use that order too, so a checkpoint saved from this backend loads into this backend.
+//! and `write` use that order too, and checkpoints record it: they load into nalgebra
+//! optimizers, and are refused by row-major backends (ndarray, dfdx, CUDA).
 //!
 //! ```
 //! use nalgebra::DMatrix;
@@ -36,6 +37,7 @@ impl<E: Element + nalgebra::Scalar> HostBackend for Nalgebra<E> {
     type Elem = E;
     type Tensor = DMatrix<E>;
     const NAME: &'static str = "nalgebra";
+    const STORAGE_ORDER: &'static str = "column-major";
 
     fn shape(t: &DMatrix<E>) -> Vec<usize> {
         vec![t.nrows(), t.ncols()]
