@@ -9,21 +9,15 @@
 //! `omega < 0` (reductions in f64), restore `theta = anchor`, then the main optimizer (any of
 //! profit-core's `torch.optim` formulas, through [`Plain`]) with the projected gradient.
 //!
-//! The model's trainable tensors are mirrored into flat `f32` buffers with dfdx's tensor
-//! walker (as `profit-dfdx` does internally), and copied back after every call.
+//! The model's trainable tensors are mirrored into flat `f32` buffers with profit-dfdx's
+//! [`Mirror`], and copied back after every call.
 
 use std::marker::PhantomData;
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorRef,
-};
-use dfdx::prelude::{Cpu, Gradients, HasShape, Shape, Tensor};
-use dfdx::tensor::CpuError;
-use profit_core::host::{VecBackend, VecTensor};
+use dfdx::nn::tensor_collection::TensorCollection;
+use dfdx::prelude::{Cpu, Gradients};
 use profit_core::{InnerConfig, ParamGroup, Plain};
-
-type Flat = VecBackend<f32>;
-type FlatTensor = VecTensor<f32>;
+use profit_dfdx::{Flat, FlatTensor, Mirror};
 
 /// `theta += (-lr) * g` in float32, as `torch.Tensor.add_(g, alpha=-lr)` (SGD without momentum).
 pub fn sgd_step_f32(theta: &mut [f32], g: &[f32], lr: f64) {
@@ -77,8 +71,7 @@ pub struct NaiveMain {
 
 /// PROFIT (n_ref = 1, SGD reference, global projection, no warm-up) with the naive float32 delta.
 pub struct NaiveProfit<M> {
-    params: Vec<FlatTensor>,
-    grads: Vec<FlatTensor>,
+    mirror: Mirror,
     anchor: Vec<Vec<f32>>,
     delta: Vec<Vec<f32>>,
     /// The gradient of the last reference call and the rate it was applied with (diagnostics).
@@ -94,22 +87,15 @@ impl<M: TensorCollection<f32, Cpu>> NaiveProfit<M> {
     /// Build over every trainable tensor of `model`, with main optimizer `main` and reference
     /// learning rate `lr_ref`.
     pub fn new(model: &M, main: impl Into<InnerConfig>, lr_ref: f64) -> Result<Self, String> {
-        let mut c = Collect { params: vec![] };
-        M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut c }).map_err(|e| format!("{e}"))?;
-        let params = c.params;
-        let grads: Vec<FlatTensor> = params
-            .iter()
-            .map(|p| FlatTensor { data: vec![0.0; p.data.len()], shape: p.shape.clone() })
-            .collect();
-        let names: Vec<String> = (0..params.len()).map(|i| i.to_string()).collect();
-        let group = ParamGroup::new(names.iter().map(String::as_str).zip(&params));
+        let mirror = Mirror::of(model).map_err(|e| e.to_string())?;
+        let params = mirror.params();
+        let group = ParamGroup::new(mirror.names().iter().map(String::as_str).zip(params));
         let main = Plain::with_groups(main.into(), vec![group]).map_err(|e| e.to_string())?;
         let anchor = params.iter().map(|p| p.data.clone()).collect();
         let delta: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.data.len()]).collect();
         let ref_grad = delta.clone();
         Ok(NaiveProfit {
-            params,
-            grads,
+            mirror,
             anchor,
             delta,
             ref_grad,
@@ -134,18 +120,14 @@ impl<M: TensorCollection<f32, Cpu>> NaiveProfit<M> {
         model: &mut M,
         gradients: &Gradients<f32, Cpu>,
     ) -> Result<Option<NaiveMain>, String> {
-        let mut g = Gather { gradients, params: &mut self.params, grads: &mut self.grads, i: 0 };
-        M::iter_tensors(&mut RecursiveWalker { m: &*model, f: &mut g }).map_err(|e| format!("{e}"))?;
-        let (seen, expected) = (g.i, self.params.len());
-        if seen != expected {
-            return Err(format!("{seen} trainable tensors, expected {expected}"));
-        }
+        self.mirror.gather(&*model, gradients).map_err(|e| e.to_string())?;
+        let (params, grads) = self.mirror.params_and_grads_mut();
         let out = if self.calls % 2 == 0 {
             // Reference call: remember the anchor, take the SGD step in f32, keep no delta.
-            for (a, p) in self.anchor.iter_mut().zip(&self.params) {
+            for (a, p) in self.anchor.iter_mut().zip(params.iter()) {
                 a.copy_from_slice(&p.data);
             }
-            for ((p, g), r) in self.params.iter_mut().zip(&self.grads).zip(&mut self.ref_grad) {
+            for ((p, g), r) in params.iter_mut().zip(grads.iter()).zip(&mut self.ref_grad) {
                 sgd_step_f32(&mut p.data, &g.data, self.lr_ref);
                 r.copy_from_slice(&g.data);
             }
@@ -154,11 +136,11 @@ impl<M: TensorCollection<f32, Cpu>> NaiveProfit<M> {
         } else {
             // Main call: naive delta, global conditional projection, restore, main step.
             let (mut om, mut dd, mut gg) = (0.0, 0.0, 0.0);
-            for ((p, a), d) in self.params.iter().zip(&self.anchor).zip(&mut self.delta) {
+            for ((p, a), d) in params.iter().zip(&self.anchor).zip(&mut self.delta) {
                 naive_delta_f32(&p.data, a, d);
             }
             let (mut dr, mut rr) = (0.0, 0.0);
-            for ((d, g), r) in self.delta.iter().zip(&self.grads).zip(&self.ref_grad) {
+            for ((d, g), r) in self.delta.iter().zip(grads.iter()).zip(&self.ref_grad) {
                 let (o, x, y) = reductions(d, &g.data);
                 (om, dd, gg) = (om + o, dd + x, gg + y);
                 let (o, _, y) = reductions(d, r);
@@ -173,107 +155,22 @@ impl<M: TensorCollection<f32, Cpu>> NaiveProfit<M> {
             };
             let projected = om < 0.0 && dd > 0.0;
             if projected {
-                for (g, d) in self.grads.iter_mut().zip(&self.delta) {
+                for (g, d) in grads.iter_mut().zip(&self.delta) {
                     project_f32(&mut g.data, d, om / dd);
                 }
             }
-            for (p, a) in self.params.iter_mut().zip(&self.anchor) {
+            for (p, a) in params.iter_mut().zip(&self.anchor) {
                 p.data.copy_from_slice(a);
             }
-            let mut pm: Vec<&mut FlatTensor> = self.params.iter_mut().collect();
-            let gr: Vec<&FlatTensor> = self.grads.iter().collect();
+            let mut pm: Vec<&mut FlatTensor> = params.iter_mut().collect();
+            let gr: Vec<&FlatTensor> = grads.iter().collect();
             self.main.step(&mut pm, &gr).map_err(|e| e.to_string())?;
             let cosine = if dd > 0.0 && gg > 0.0 { om / (dd.sqrt() * gg.sqrt()) } else { 0.0 };
             Some(NaiveMain { projected, cosine, delta_sq: dd, cos_to_exact, norm_ratio_to_exact })
         };
         self.calls += 1;
-        let mut s = Scatter { params: &self.params, i: 0 };
-        M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut s }).map_err(|e| format!("{e}"))?;
+        self.mirror.scatter(model);
         Ok(out)
-    }
-}
-
-struct Collect {
-    params: Vec<FlatTensor>,
-}
-
-impl TensorVisitor<f32, Cpu> for Collect {
-    type Viewer = ViewTensorRef;
-    type Err = CpuError;
-    type E2 = f32;
-    type D2 = Cpu;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, Cpu>,
-        t: &Tensor<S, f32, Cpu>,
-    ) -> Result<Option<Tensor<S, f32, Cpu>>, CpuError> {
-        if opts.do_gradient_update {
-            let shape: Vec<usize> = t.shape().concrete().into();
-            let mut data = vec![0.0; shape.iter().product()];
-            t.copy_into(&mut data);
-            self.params.push(FlatTensor { data, shape });
-        }
-        Ok(None)
-    }
-}
-
-struct Gather<'a> {
-    gradients: &'a Gradients<f32, Cpu>,
-    params: &'a mut [FlatTensor],
-    grads: &'a mut [FlatTensor],
-    i: usize,
-}
-
-impl TensorVisitor<f32, Cpu> for Gather<'_> {
-    type Viewer = ViewTensorRef;
-    type Err = CpuError;
-    type E2 = f32;
-    type D2 = Cpu;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, Cpu>,
-        t: &Tensor<S, f32, Cpu>,
-    ) -> Result<Option<Tensor<S, f32, Cpu>>, CpuError> {
-        if opts.do_gradient_update {
-            if let (Some(p), Some(g)) = (self.params.get_mut(self.i), self.grads.get_mut(self.i)) {
-                if p.data.len() != t.shape().num_elements() {
-                    return Err(CpuError::WrongNumElements);
-                }
-                t.copy_into(&mut p.data);
-                // Panics if the tensor has no gradient: the toy always allocates all of them.
-                self.gradients.get(t).copy_into(&mut g.data);
-            }
-            self.i += 1;
-        }
-        Ok(None)
-    }
-}
-
-struct Scatter<'a> {
-    params: &'a [FlatTensor],
-    i: usize,
-}
-
-impl TensorVisitor<f32, Cpu> for Scatter<'_> {
-    type Viewer = ViewTensorMut;
-    type Err = CpuError;
-    type E2 = f32;
-    type D2 = Cpu;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, Cpu>,
-        t: &mut Tensor<S, f32, Cpu>,
-    ) -> Result<Option<Tensor<S, f32, Cpu>>, CpuError> {
-        if opts.do_gradient_update {
-            if let Some(p) = self.params.get(self.i) {
-                t.copy_from(&p.data);
-            }
-            self.i += 1;
-        }
-        Ok(None)
     }
 }
 

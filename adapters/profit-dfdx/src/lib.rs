@@ -87,15 +87,19 @@ pub enum DfdxError {
     Profit(#[from] ProfitError),
 }
 
-/// The trainable tensors of a model mirrored in host memory: names, parameters, gradients.
-struct Mirror {
+/// The trainable tensors of a dfdx model mirrored in host memory (names, parameters,
+/// gradients), allocated once: what [`DfdxProfit`] and [`DfdxPlain`] run on, public for
+/// optimizers of your own over a dfdx model. Tensors dfdx excludes from gradient updates are
+/// left out.
+pub struct Mirror {
     names: Vec<String>,
     params: Vec<FlatTensor>,
     grads: Vec<FlatTensor>,
 }
 
 impl Mirror {
-    fn of<M: TensorCollection<f32, Cpu>>(model: &M) -> Result<Self, DfdxError> {
+    /// Allocate host buffers for every trainable tensor of `model` (named by dfdx's paths).
+    pub fn of<M: TensorCollection<f32, Cpu>>(model: &M) -> Result<Self, DfdxError> {
         let mut c = Collect { names: vec![], params: vec![], problem: None };
         M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
             .map_err(|e| DfdxError::ModelMismatch(format!("{e}")))?;
@@ -110,8 +114,29 @@ impl Mirror {
         vec![ParamGroup::new(self.names.iter().map(String::as_str).zip(&self.params))]
     }
 
-    /// Read-only walk: copy parameters and gradients into the host buffers.
-    fn gather<M: TensorCollection<f32, Cpu>>(
+    /// Names of the mirrored tensors, in walk order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The host copies of the parameters (as of the last [`gather`](Self::gather)).
+    pub fn params(&self) -> &[FlatTensor] {
+        &self.params
+    }
+
+    /// The host copies of the gradients (as of the last [`gather`](Self::gather)).
+    pub fn grads(&self) -> &[FlatTensor] {
+        &self.grads
+    }
+
+    /// Parameters (to update before [`scatter`](Self::scatter)) and gradients, mutable.
+    pub fn params_and_grads_mut(&mut self) -> (&mut [FlatTensor], &mut [FlatTensor]) {
+        (&mut self.params, &mut self.grads)
+    }
+
+    /// Read-only walk: copy parameters and gradients into the host buffers. Fails, changing no
+    /// model tensor, if the model no longer matches or a trainable tensor has no gradient.
+    pub fn gather<M: TensorCollection<f32, Cpu>>(
         &mut self,
         model: &M,
         gradients: &Gradients<f32, Cpu>,
@@ -140,7 +165,7 @@ impl Mirror {
     }
 
     /// Mutating walk: copy the host parameters back into the model.
-    fn scatter<M: TensorCollection<f32, Cpu>>(&self, model: &mut M) {
+    pub fn scatter<M: TensorCollection<f32, Cpu>>(&self, model: &mut M) {
         let mut s = Scatter { params: &self.params, i: 0 };
         // Infallible: `Scatter` never returns an error.
         let _ = M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut s });
