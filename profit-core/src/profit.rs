@@ -44,7 +44,9 @@ pub enum Restore {
     Subtract,
 }
 
-/// What to do with a gradient that holds NaN or infinity.
+/// What to do with a gradient that holds NaN or infinity. (The check looks at the f64 `|g|^2`
+/// of each tensor, so an `f64` gradient so large that its squared norm overflows, above about
+/// 1e154, counts as non-finite too.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonFinitePolicy {
