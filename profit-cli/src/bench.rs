@@ -132,6 +132,31 @@ impl Step {
     }
 }
 
+/// One warm-up repetition, then `reps` timed ones of `iters` iterations each, sampling the copy
+/// bandwidth before every timed repetition; pushes seconds per iteration into `times`.
+fn time_reps(
+    reps: usize,
+    iters: usize,
+    copier: &mut Copier,
+    times: &mut Vec<f64>,
+    copies: &mut Vec<f64>,
+    mut iteration: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    for r in 0..reps + 1 {
+        if r > 0 {
+            copies.push(copier.sample());
+        }
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            iteration()?;
+        }
+        if r > 0 {
+            times.push(t0.elapsed().as_secs_f64() / iters as f64);
+        }
+    }
+    Ok(())
+}
+
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
@@ -310,37 +335,17 @@ fn bench_one<B: Make>(
             }
             let mut opt = Profit::<B>::new(config, &ps.iter().collect::<Vec<_>>()).map_err(e)?;
             let mut prefs: Vec<&mut B::Tensor> = ps.iter_mut().collect();
-            for r in 0..reps + 1 {
-                if r > 0 {
-                    copies.push(copier.sample());
-                }
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    opt.step(&mut prefs, &grefs).map_err(e)?;
-                    opt.step(&mut prefs, &grefs).map_err(e)?;
-                }
-                let t = t0.elapsed().as_secs_f64();
-                if r > 0 {
-                    times.push(t / iters as f64);
-                }
-            }
+            time_reps(reps, iters, copier, &mut times, &mut copies, || {
+                opt.step(&mut prefs, &grefs).map_err(e)?;
+                opt.step(&mut prefs, &grefs).map(|_| ()).map_err(e)
+            })?;
         }
         Step::Adam => {
             let mut opt = Plain::<B>::new(adam.into(), &ps.iter().collect::<Vec<_>>()).map_err(e)?;
             let mut prefs: Vec<&mut B::Tensor> = ps.iter_mut().collect();
-            for r in 0..reps + 1 {
-                if r > 0 {
-                    copies.push(copier.sample());
-                }
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    opt.step(&mut prefs, &grefs).map_err(e)?;
-                }
-                let t = t0.elapsed().as_secs_f64();
-                if r > 0 {
-                    times.push(t / iters as f64);
-                }
-            }
+            time_reps(reps, iters, copier, &mut times, &mut copies, || {
+                opt.step(&mut prefs, &grefs).map(|_| ()).map_err(e)
+            })?;
         }
     }
     black_box(&ps);

@@ -64,6 +64,31 @@ pub fn normal<R: Rng>(rng: &mut R) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// The output options `toy` and `digits` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Output {
+    /// Output folder for plots.
+    #[arg(long, default_value = "out")]
+    pub out: std::path::PathBuf,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Skip the SVG plots.
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+impl Output {
+    /// The plot folder, created, or `None` with `--no-plots`.
+    pub fn plot_dir(&self) -> Result<Option<&Path>, String> {
+        if self.no_plots {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&self.out).map_err(|e| format!("{}: {e}", self.out.display()))?;
+        Ok(Some(&self.out))
+    }
+}
+
 /// Write a JSON value to `path`, creating its folder.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -64,15 +64,8 @@ pub struct Args {
     /// Read the data from this gzip CSV instead of the embedded copy.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output folder for plots.
-    #[arg(long, default_value = "out")]
-    out: PathBuf,
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Skip the SVG plots.
-    #[arg(long)]
-    no_plots: bool,
+    #[command(flatten)]
+    output: crate::common::Output,
     /// Also run the control arm `profit_lr_ref0`: PROFIT with lr_ref = 0 (no projection; Adam
     /// steps on every other batch).
     #[arg(long)]
@@ -436,21 +429,20 @@ pub fn run(args: Args) -> Result<(), String> {
         100.0 * pj as f64 / mc.max(1) as f64
     );
     println!("total {total:.1} s");
-    if !args.no_plots {
-        std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if let Some(out) = args.output.plot_dir()? {
         let mut series = vec![];
         for (k, name) in names.iter().enumerate().skip(1) {
             let c = &runs[0].curves[k - 1];
             series.push((format!("{name} new"), c.iter().map(|p| (p.0 as f64, 1.0 - p.2)).collect()));
             series.push((format!("{name} original"), c.iter().map(|p| (p.0 as f64, 1.0 - p.1)).collect()));
         }
-        let path = args.out.join("digits_finetune_curves.svg");
+        let path = out.join("digits_finetune_curves.svg");
         let title =
             format!("digits fine-tuning on transposed images: test error rate (seed {})", runs[0].seed);
         plot::curves(&path, &title, "step", "error rate (1 - accuracy)", &series)?;
         println!("plot: {}", path.display());
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.output.json {
         let value = json!({
             "experiment": "digits",
             "settings": s,

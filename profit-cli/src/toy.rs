@@ -19,7 +19,6 @@
 //! - step schedules: `x0.9` every `pretrain_steps / 20` steps and `x0.95` every
 //!   `finetune_steps / 15` steps (500 and 100 at the paper's 10,000 and 1,500 steps).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use dfdx::nn::modules::{LayerNorm1D as Ln, Linear as Lin, ReLU};
@@ -74,15 +73,8 @@ pub struct Args {
     /// Standard deviation of the training-label noise.
     #[arg(long, default_value_t = 0.1)]
     noise: f32,
-    /// Output folder for plots.
-    #[arg(long, default_value = "out")]
-    out: PathBuf,
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Skip the SVG plots.
-    #[arg(long)]
-    no_plots: bool,
+    #[command(flatten)]
+    output: crate::common::Output,
     /// Also run the control arm `profit_lr_ref0`: PROFIT with lr_ref = 0, so delta = 0 and the
     /// projection never fires (the main optimizer steps on every other batch). It separates the
     /// projection's effect from that of halving the main optimizer's steps.
@@ -672,8 +664,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     println!("total {:.1} s", total);
 
-    if !args.no_plots {
-        std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if let Some(out) = args.output.plot_dir()? {
         let first = &runs[0];
         let titles = ["target sin(10|x|)", "pre-trained", "full fine-tune", "head only", "PROFIT"];
         let panels: Vec<plot::Panel> = titles
@@ -681,7 +672,7 @@ pub fn run(args: Args) -> Result<(), String> {
             .zip(&first.maps)
             .map(|(t, v)| plot::Panel { title: format!("{t} (seed {})", first.seed), values: v.clone() })
             .collect();
-        let maps = args.out.join("toy_predictions.svg");
+        let maps = out.join("toy_predictions.svg");
         plot::heatmaps(&maps, GRID, GRID_LO, GRID_HI, &panels, &[(-1.0, 1.0), (0.8, 1.5)])?;
         let mut series = vec![];
         for (k, name) in names.iter().skip(1).enumerate().take(first.arms.len()) {
@@ -689,9 +680,9 @@ pub fn run(args: Args) -> Result<(), String> {
             series.push((format!("{name} new"), c.iter().map(|p| (p.0 as f64, p.2)).collect()));
             series.push((format!("{name} original"), c.iter().map(|p| (p.0 as f64, p.1)).collect()));
         }
-        let curves = args.out.join("toy_finetune_curves.svg");
+        let curves = out.join("toy_finetune_curves.svg");
         plot::curves(&curves, "fine-tuning: test MSE (1,000 points per domain)", "step", "MSE", &series)?;
-        let pre = args.out.join("toy_pretrain_curve.svg");
+        let pre = out.join("toy_pretrain_curve.svg");
         plot::curves(
             &pre,
             "pre-training: batch MSE",
@@ -701,7 +692,7 @@ pub fn run(args: Args) -> Result<(), String> {
         )?;
         println!("plots: {}, {}, {}", maps.display(), curves.display(), pre.display());
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.output.json {
         let mut value = json!({
             "experiment": "toy",
             "settings": s,

@@ -156,6 +156,18 @@ pub enum Phase {
     Skipped,
 }
 
+impl Phase {
+    /// The phase's name as in reports and golden files (`warmup`, `reference`, `main`, `skipped`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Reference => "reference",
+            Phase::Main => "main",
+            Phase::Skipped => "skipped",
+        }
+    }
+}
+
 /// Projection statistics of a main call (over all trainable tensors for global projection;
 /// sums over tensors for per-tensor projection, whose per-tensor values are in
 /// [`Profit::tensor_reports`]).

@@ -172,7 +172,8 @@ fn values(v: &Value) -> Vec<f64> {
     }
 }
 
-fn bools(v: &Value) -> Vec<bool> {
+/// A golden `projected` field (one flag, or one per tensor) as a list.
+pub fn bools(v: &Value) -> Vec<bool> {
     match v {
         Value::Array(a) => a.iter().filter_map(Value::as_bool).collect(),
         other => other.as_bool().into_iter().collect(),
@@ -217,12 +218,7 @@ pub fn replay_with<H: Harness>(
         let mut pm: Vec<&mut _> = tensors.iter_mut().collect();
         let gr: Vec<&_> = gts.iter().collect();
         let report: StepReport = opt.step(&mut pm, &gr).map_err(|e| at(e.to_string()))?;
-        let phase = match report.phase {
-            Phase::Warmup => "warmup",
-            Phase::Reference => "reference",
-            Phase::Main => "main",
-            Phase::Skipped => "skipped",
-        };
+        let phase = report.phase.name();
         if phase != rec.phase {
             return Err(at(format!("phase {phase}, expected {}", rec.phase)));
         }

@@ -6,11 +6,9 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::nn::ZeroGrads;
 use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
-use profit_conformance::golden::{golden_files, param_error, GoldenCase};
+use profit_conformance::golden::{bools, golden_files, param_error, GoldenCase};
 use profit_conformance::{conformance_suite, Harness};
-use profit_core::Phase;
 use profit_dfdx::{DfdxProfit, Flat, FlatTensor};
-use serde_json::Value;
 
 struct FlatHarness;
 
@@ -59,13 +57,6 @@ impl<E: Dtype, Dev: Device<E>> TensorCollection<E, Dev> for Affine<E, Dev> {
 }
 
 const TOL: f64 = 1e-4;
-
-fn bools(v: &Value) -> Vec<bool> {
-    match v {
-        Value::Array(a) => a.iter().filter_map(Value::as_bool).collect(),
-        other => other.as_bool().into_iter().collect(),
-    }
-}
 
 /// Row-major `[d, k]` values into a zero-padded row-major `[rows, MAX_K]` buffer.
 fn pad(v: &[f64], d: usize, k: usize, rows: usize) -> Vec<f32> {
@@ -121,12 +112,7 @@ fn replay(case: &GoldenCase) -> Result<f64, String> {
             .copy_from_slice(&pad(&g[1], 1, k, 1));
         opt.update(&mut model, &grads).map_err(|e| at(format!("{e} ({:?})", opt.last_error())))?;
         let report = *opt.last_report().ok_or_else(|| at("no report".into()))?;
-        let phase = match report.phase {
-            Phase::Warmup => "warmup",
-            Phase::Reference => "reference",
-            Phase::Main => "main",
-            Phase::Skipped => "skipped",
-        };
+        let phase = report.phase.name();
         if phase != rec.phase {
             return Err(at(format!("phase {phase}, expected {}", rec.phase)));
         }
