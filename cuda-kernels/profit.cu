@@ -19,7 +19,8 @@
 //
 // Entry points (the Rust side checks the PTX holds every one of them):
 //   profit_apply_<f32|f64>_<pass>_<rule>
-//       pass: plain, ref_first_anchor, ref_first, ref_acc, main_anchor, main_sub
+//       pass: plain, ref_first_anchor, ref_first, ref_acc, main_anchor, main_sub, ref_anchor,
+//             main_realized (profit-core's `Variant`, in its order)
 //       rule: sgd, sgdm, adam, amsgrad, rmsprop
 //   profit_reduce_partials_<f32|f64>, profit_reduce_final
 
@@ -42,21 +43,34 @@ struct Desc {
 #define REDUCE_CHUNK (REDUCE_THREADS * REDUCE_PER_THREAD)
 
 // Scalar set layout (SC_STRIDE elements of the tensor's element type):
-//   [0] grad_scale, [1] proj, then the rule's constants:
+//   [0] grad_scale, [1] proj, [10] delta_scale (main passes: g - proj * (delta * delta_scale)),
+//   and the rule's constants:
 //   sgd:          [2] lr, [3] weight_decay
 //   sgdm:         [2] lr, [3] weight_decay, [4] momentum, [5] 1 - dampening
 //   adam/amsgrad: [2] l2, [3] decay, [4] 1 - beta1, [5] beta2, [6] 1 - beta2,
 //                 [7] sqrt(bias_correction2), [8] step_size, [9] eps
 //   rmsprop:      [2] lr, [3] weight_decay, [4] alpha, [5] 1 - alpha, [6] lerp weight,
 //                 [7] eps, [8] momentum
-#define SC_STRIDE 10
+#define SC_STRIDE 12
 
 #define F_NESTEROV 1u
 #define F_FIRST 2u
 #define F_CENTERED 4u
 #define F_MOMENTUM 8u
 
-enum { PLAIN = 0, REF_FIRST_ANCHOR = 1, REF_FIRST = 2, REF_ACC = 3, MAIN_ANCHOR = 4, MAIN_SUB = 5 };
+// Realized delta (no delta buffer): REF_ANCHOR sets the anchor at the first reference step,
+// later reference steps run PLAIN with the reference slots, and MAIN_REALIZED forms
+// delta = p - a in the element type.
+enum {
+    PLAIN = 0,
+    REF_FIRST_ANCHOR = 1,
+    REF_FIRST = 2,
+    REF_ACC = 3,
+    MAIN_ANCHOR = 4,
+    MAIN_SUB = 5,
+    REF_ANCHOR = 6,
+    MAIN_REALIZED = 7
+};
 enum { SGD = 0, SGDM = 1, ADAM = 2, AMSGRAD = 3, RMSPROP = 4 };
 
 __device__ __forceinline__ float sqrt_rn(float x) { return __fsqrt_rn(x); }
@@ -154,6 +168,8 @@ template <typename T, int PASS, int RULE>
 __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
                                            const T* __restrict__ scalars) {
     const bool reads_d = PASS == REF_ACC || PASS == MAIN_ANCHOR || PASS == MAIN_SUB;
+    const bool reads_a = PASS == MAIN_ANCHOR || PASS == MAIN_REALIZED;
+    const bool reads_p = PASS != MAIN_ANCHOR;
     for (u64 b = blockIdx.x; b < total_blocks; b += gridDim.x) {
         const Desc* D = desc + find_tensor(desc, nt, b);
         const u64 n = D->n;
@@ -169,22 +185,25 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
         const T* __restrict__ c = scalars + (u64)(u32)D->meta * SC_STRIDE;
         const T gs = c[0];
         const T pj = c[1];
+        const T ds = c[10];
         const int ns = n_slots<RULE>(flags);
 
-        T gv[APPLY_PER_THREAD], pv[APPLY_PER_THREAD], dv[APPLY_PER_THREAD];
+        T gv[APPLY_PER_THREAD], pv[APPLY_PER_THREAD], av[APPLY_PER_THREAD], dv[APPLY_PER_THREAD];
         T xv[APPLY_PER_THREAD], yv[APPLY_PER_THREAD], zv[APPLY_PER_THREAD];
 #pragma unroll
         for (int k = 0; k < APPLY_PER_THREAD; ++k) {
             const u64 i = base + (u64)k * APPLY_THREADS;
             gv[k] = T(0);
             pv[k] = T(0);
+            av[k] = T(0);
             dv[k] = T(0);
             xv[k] = T(0);
             yv[k] = T(0);
             zv[k] = T(0);
             if (i < n) {
                 gv[k] = g[i];
-                pv[k] = PASS == MAIN_ANCHOR ? a[i] : p[i];
+                if (reads_p) pv[k] = p[i];
+                if (reads_a) av[k] = a[i];
                 if (reads_d) dv[k] = d[i];
                 if (ns > 0) xv[k] = s0[i];
                 if (ns > 1) yv[k] = s1[i];
@@ -198,11 +217,15 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
                 T gi = gs * gv[k];
                 T p0;
                 if (PASS == MAIN_ANCHOR) {
-                    p0 = pv[k];
-                    gi = gi - pj * dv[k];
+                    p0 = av[k];
+                    gi = gi - pj * (dv[k] * ds);
                 } else if (PASS == MAIN_SUB) {
                     p0 = pv[k] - dv[k];
-                    gi = gi - pj * dv[k];
+                    gi = gi - pj * (dv[k] * ds);
+                } else if (PASS == MAIN_REALIZED) {
+                    const T dr = pv[k] - av[k];
+                    p0 = av[k];
+                    gi = gi - pj * (dr * ds);
                 } else {
                     p0 = pv[k];
                 }
@@ -219,6 +242,8 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
                     d[i] = u;
                 } else if (PASS == REF_ACC) {
                     d[i] = dv[k] + u;
+                } else if (PASS == REF_ANCHOR) {
+                    a[i] = p0;
                 }
             }
         }
@@ -245,7 +270,9 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
     APPLY_RULES(T, TN, REF_FIRST, ref_first)                 \
     APPLY_RULES(T, TN, REF_ACC, ref_acc)                     \
     APPLY_RULES(T, TN, MAIN_ANCHOR, main_anchor)             \
-    APPLY_RULES(T, TN, MAIN_SUB, main_sub)
+    APPLY_RULES(T, TN, MAIN_SUB, main_sub)                   \
+    APPLY_RULES(T, TN, REF_ANCHOR, ref_anchor)               \
+    APPLY_RULES(T, TN, MAIN_REALIZED, main_realized)
 
 APPLY_PASSES(float, f32)
 APPLY_PASSES(double, f64)
@@ -271,7 +298,8 @@ __device__ __forceinline__ void block_tree3(double* s_om, double* s_dd, double* 
 }
 
 // Pass 1 of the reductions: per flattened block, (<d, g>, |d|^2, |g|^2) in f64 into
-// `partials[3 * b ..]`. A tensor whose `d` is 0 reduces |g|^2 only.
+// `partials[3 * b ..]`. The delta is the stored `d`, or (when `d` is 0 and `a` is not) the
+// realized `p - a` rounded to the element type; a tensor with neither reduces |g|^2 only.
 template <typename T>
 __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
                                                      double* __restrict__ partials) {
@@ -284,6 +312,8 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
         const u64 base = (b - D->block_start) * REDUCE_CHUNK + threadIdx.x;
         const T* __restrict__ g = (const T*)D->g;
         const T* __restrict__ d = (const T*)D->d;
+        const T* __restrict__ p = (const T*)D->p;
+        const T* __restrict__ a = (const T*)D->a;
         double om = 0.0, dd = 0.0, gg = 0.0;
         if (d != 0) {
 #pragma unroll
@@ -291,6 +321,19 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
                 const u64 i = base + (u64)k * REDUCE_THREADS;
                 if (i < n) {
                     const double x = (double)d[i];
+                    const double y = (double)g[i];
+                    om = om + x * y;
+                    dd = dd + x * x;
+                    gg = gg + y * y;
+                }
+            }
+        } else if (a != 0) {
+#pragma unroll
+            for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
+                const u64 i = base + (u64)k * REDUCE_THREADS;
+                if (i < n) {
+                    const T dr = p[i] - a[i];
+                    const double x = (double)dr;
                     const double y = (double)g[i];
                     om = om + x * y;
                     dd = dd + x * x;

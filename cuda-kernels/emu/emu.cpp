@@ -111,7 +111,8 @@ static std::map<std::string, Body>& registry() {
 #define REG_RULES(T, TN, PN) REG(T, TN, PN, sgd) REG(T, TN, PN, sgdm) REG(T, TN, PN, adam) REG(T, TN, PN, amsgrad) REG(T, TN, PN, rmsprop)
 #define REG_PASSES(T, TN)                                                                                  \
     REG_RULES(T, TN, plain) REG_RULES(T, TN, ref_first_anchor) REG_RULES(T, TN, ref_first)                 \
-        REG_RULES(T, TN, ref_acc) REG_RULES(T, TN, main_anchor) REG_RULES(T, TN, main_sub)
+        REG_RULES(T, TN, ref_acc) REG_RULES(T, TN, main_anchor) REG_RULES(T, TN, main_sub)                \
+            REG_RULES(T, TN, ref_anchor) REG_RULES(T, TN, main_realized)
         REG_PASSES(float, f32)
         REG_PASSES(double, f64)
         r["profit_reduce_partials_f32"] = partials_launcher<profit_reduce_partials_f32>;

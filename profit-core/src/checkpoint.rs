@@ -2,7 +2,7 @@
 //! safetensors file whose tensors are keyed by parameter name and whose metadata header
 //! carries a format version, the configuration, the counters and the learning rates.
 //!
-//! Tensors: `{name}/delta`, `{name}/anchor` (restore mode `anchor`), `{name}/ref/{slot}` and
+//! Tensors: `{name}/delta` (accumulated delta), `{name}/anchor` (restore mode `anchor`), `{name}/ref/{slot}` and
 //! `{name}/main/{slot}` with PyTorch's state names (`momentum_buffer`, `exp_avg`, ...).
 //! Frozen parameters hold no state and have no tensors. A resumed run continues bitwise
 //! identically. Loading checks everything (format, version, dtype, names, shapes, layout,
@@ -13,17 +13,18 @@ use std::collections::{BTreeSet, HashMap};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::TensorOps;
-use crate::element::Element;
+use crate::backend::{StorageOrder, TensorOps};
+use crate::element::{Dtype as ElemDtype, Element};
 use crate::error::{ProfitError, Result};
 use crate::optim::check_lr;
 use crate::params::GroupState;
-use crate::profit::{Profit, ProfitConfig, Restore};
+use crate::profit::{reference_calls, Delta, Profit, ProfitConfig, Restore};
 
 /// Value of the `format` header field.
 pub const FORMAT: &str = "profit-checkpoint";
-/// Current format version.
-pub const VERSION: u32 = 1;
+/// Current format version (2: the delta mode and the projection counters; version-1 files,
+/// which predate the delta mode, load as [`Delta::Accumulated`]).
+pub const VERSION: u32 = 2;
 /// Largest call count a checkpoint may carry (far beyond any run; keeps every counter exact
 /// in the `f64` and `i32` arithmetic of bias corrections).
 pub const MAX_CALLS: u64 = 1 << 40;
@@ -34,16 +35,25 @@ const META_KEY: &str = "profit";
 struct Header {
     format: String,
     version: u32,
-    dtype: String,
+    dtype: ElemDtype,
     /// Informational: the backend that wrote the file.
     backend: String,
-    /// Element order of every tensor (`row-major` or `column-major`).
-    storage_order: String,
+    /// Element order of every tensor.
+    storage_order: StorageOrder,
     config: ProfitConfig,
     calls: u64,
     skipped: u64,
-    ref_steps: u64,
-    main_steps: u64,
+    /// Version 1 only (derived from `calls` since version 2); checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ref_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    main_steps: Option<u64>,
+    /// Main calls whose projection fired (version 2).
+    #[serde(default)]
+    projected_calls: u64,
+    /// Main calls whose projection removed more than 95% of |g|^2 (version 2).
+    #[serde(default)]
+    stalled_calls: u64,
     groups: Vec<GroupHeader>,
     params: Vec<ParamHeader>,
     /// CRC-32 of every state tensor's bytes (in key order) and of this header's own JSON
@@ -71,14 +81,24 @@ struct GroupHeader {
     frozen: bool,
 }
 
+/// The header JSON as it was checksummed: with its `crc32` value (the last field, at the top
+/// level; a key inside a string value would have escaped quotes) written as `0`. The checksum
+/// covers the header's exact bytes, so no edit of it goes unnoticed.
+fn zero_crc(json: &str) -> Result<String> {
+    let key = "\"crc32\":";
+    let at = json.rfind(key).ok_or_else(|| err("bad header: no crc32"))? + key.len();
+    let digits = json[at..].find(|c: char| !c.is_ascii_digit()).unwrap_or(json.len() - at);
+    Ok(format!("{}0{}", &json[..at], &json[at + digits..]))
+}
+
 fn err(msg: impl Into<String>) -> ProfitError {
     ProfitError::Checkpoint(msg.into())
 }
 
 fn dtype_of<E: Element>() -> Dtype {
     match E::DTYPE {
-        "f64" => Dtype::F64,
-        _ => Dtype::F32,
+        ElemDtype::F64 => Dtype::F64,
+        ElemDtype::F32 => Dtype::F32,
     }
 }
 
@@ -128,7 +148,9 @@ impl<B: TensorOps> Profit<B> {
             if !self.reg.active[i] {
                 continue;
             }
-            keys.push((format!("{name}/delta"), i, Buf::Delta));
+            if self.config.delta == Delta::Accumulated {
+                keys.push((format!("{name}/delta"), i, Buf::Delta));
+            }
             if self.config.restore == Restore::Anchor {
                 keys.push((format!("{name}/anchor"), i, Buf::Anchor));
             }
@@ -170,14 +192,16 @@ impl<B: TensorOps> Profit<B> {
         let header = Header {
             format: FORMAT.into(),
             version: VERSION,
-            dtype: B::Elem::DTYPE.into(),
+            dtype: B::Elem::DTYPE,
             backend: B::NAME.into(),
-            storage_order: B::STORAGE_ORDER.into(),
+            storage_order: B::STORAGE_ORDER,
             config: self.config,
             calls: self.calls,
             skipped: self.skipped,
-            ref_steps: self.ref_steps,
-            main_steps: self.main_steps,
+            ref_steps: None,
+            main_steps: None,
+            projected_calls: self.projected_calls,
+            stalled_calls: self.stalled_calls,
             groups: self
                 .reg
                 .groups
@@ -208,7 +232,7 @@ impl<B: TensorOps> Profit<B> {
             let t = self.buffer(i, b).ok_or_else(|| err(format!("state buffer {key} missing")))?;
             let mut host = vec![B::Elem::from_f64(0.0); B::numel(t)];
             B::read(t, &mut host)?;
-            let mut bytes = Vec::with_capacity(host.len() * std::mem::size_of::<B::Elem>());
+            let mut bytes = Vec::with_capacity(host.len() * B::Elem::DTYPE.size());
             for x in host {
                 x.write_le(&mut bytes);
             }
@@ -261,16 +285,19 @@ impl<B: TensorOps> Profit<B> {
             .as_ref()
             .and_then(|m| m.get(META_KEY))
             .ok_or_else(|| err("no PROFIT header: not a PROFIT checkpoint"))?;
-        let h: Header = serde_json::from_str(json).map_err(|e| err(format!("bad header: {e}")))?;
+        let mut h: Header = serde_json::from_str(json).map_err(|e| err(format!("bad header: {e}")))?;
         if h.format != FORMAT {
             return Err(err(format!("format `{}`, expected `{FORMAT}`", h.format)));
         }
-        if h.version != VERSION {
-            return Err(err(format!("format version {}, this build reads version {VERSION}", h.version)));
+        if !(1..=VERSION).contains(&h.version) {
+            return Err(err(format!(
+                "format version {}, this build reads versions 1 to {VERSION}",
+                h.version
+            )));
         }
         if h.storage_order != B::STORAGE_ORDER {
             return Err(err(format!(
-                "checkpoint holds {} tensors (backend `{}`), this optimizer's backend `{}` is {}",
+                "checkpoint holds {:?} tensors (backend `{}`), this optimizer's backend `{}` is {:?}",
                 h.storage_order,
                 h.backend,
                 B::NAME,
@@ -283,6 +310,10 @@ impl<B: TensorOps> Profit<B> {
                 h.dtype,
                 B::Elem::DTYPE
             )));
+        }
+        if h.version == 1 {
+            // Version 1 predates the delta mode: its delta was always accumulated.
+            h.config.delta = Delta::Accumulated;
         }
         self.check_header(&h)?;
 
@@ -297,7 +328,7 @@ impl<B: TensorOps> Profit<B> {
             return Err(err(format!("unexpected tensor `{k}`")));
         }
         let expected_crc = h.crc32;
-        let width = std::mem::size_of::<B::Elem>();
+        let width = B::Elem::DTYPE.size();
         let mut decoded = Vec::with_capacity(keys.len());
         let mut crc = crc32fast::Hasher::new();
         for (key, i, b) in &keys {
@@ -320,9 +351,7 @@ impl<B: TensorOps> Profit<B> {
             let values: Vec<B::Elem> = data.chunks_exact(width).map(B::Elem::read_le).collect();
             decoded.push((*i, *b, values));
         }
-        let canonical = Header { crc32: 0, ..h };
-        crc.update(serde_json::to_string(&canonical).map_err(|e| err(e.to_string()))?.as_bytes());
-        let h = Header { crc32: 0, ..canonical };
+        crc.update(zero_crc(json)?.as_bytes());
         if crc.finalize() != expected_crc {
             return Err(err("corrupt file: state tensors do not match their checksum"));
         }
@@ -347,8 +376,8 @@ impl<B: TensorOps> Profit<B> {
         self.config = h.config;
         self.calls = h.calls;
         self.skipped = h.skipped;
-        self.ref_steps = h.ref_steps;
-        self.main_steps = h.main_steps;
+        self.projected_calls = h.projected_calls;
+        self.stalled_calls = h.stalled_calls;
         Ok(())
     }
 
@@ -361,15 +390,18 @@ impl<B: TensorOps> Profit<B> {
             || mine.reference.kind() != theirs.reference.kind()
             || mine.main.kind() != theirs.main.kind()
             || mine.restore != theirs.restore
+            || mine.delta != theirs.delta
         {
             return Err(err(format!(
-                "state layout differs: checkpoint has {}/{} (restore {:?}), optimizer has {}/{} (restore {:?})",
+                "state layout differs: checkpoint has {}/{} (restore {:?}, delta {:?}), optimizer has {}/{} (restore {:?}, delta {:?})",
                 theirs.reference.kind(),
                 theirs.main.kind(),
                 theirs.restore,
+                theirs.delta,
                 mine.reference.kind(),
                 mine.main.kind(),
-                mine.restore
+                mine.restore,
+                mine.delta
             )));
         }
         let names: BTreeSet<&str> = self.reg.names.iter().map(String::as_str).collect();
@@ -427,11 +459,18 @@ impl<B: TensorOps> Profit<B> {
         if h.calls > MAX_CALLS || h.skipped > MAX_CALLS {
             return Err(err(format!("header counters above {MAX_CALLS}")));
         }
-        let (n, warm) = (h.config.n_ref, h.config.warmup_steps);
-        let cycled = h.calls.saturating_sub(warm);
-        let refs = cycled / (n + 1) * n + (cycled % (n + 1)).min(n);
-        if h.ref_steps != refs || h.ref_steps.checked_add(h.main_steps) != Some(h.calls) {
+        let refs = reference_calls(&h.config, h.calls);
+        let consistent = match (h.ref_steps, h.main_steps) {
+            (None, None) => true,
+            (Some(r), Some(m)) => r == refs && r.checked_add(m) == Some(h.calls),
+            _ => false,
+        };
+        if !consistent {
             return Err(err("header counters are inconsistent with the cycle structure"));
+        }
+        let mains = h.calls - refs;
+        if h.projected_calls > mains || h.stalled_calls > h.projected_calls {
+            return Err(err("header projection counters exceed the main calls"));
         }
         Ok(())
     }

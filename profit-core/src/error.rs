@@ -31,6 +31,9 @@ pub enum ProfitError {
         /// What the valid range is.
         reason: &'static str,
     },
+    /// Options that cannot be honoured together (e.g. the realized delta without an anchor).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
     /// The optimizer was built with no trainable parameters.
     #[error("no trainable parameters")]
     NoParameters,
@@ -72,6 +75,20 @@ pub enum ProfitError {
     NonFiniteGradient {
         /// Name of the first parameter whose gradient is not finite.
         name: String,
+    },
+    /// The projection coefficient `omega / |delta|^2` is not representable in the parameters'
+    /// math type even with `delta` rescaled (`|g|` itself near the type's largest value);
+    /// nothing was changed.
+    #[error("projection coefficient {coefficient:e} overflows the parameters' type; nothing was changed")]
+    ProjectionOverflow {
+        /// The coefficient, in f64.
+        coefficient: f64,
+    },
+    /// The optimizer has taken the most calls it counts.
+    #[error("the optimizer has taken {limit} calls, the most it counts")]
+    CallLimit {
+        /// The limit.
+        limit: u64,
     },
     /// The backend failed.
     #[error(transparent)]

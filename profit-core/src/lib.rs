@@ -26,15 +26,15 @@ mod plain;
 pub mod profit;
 pub mod schedule;
 
-pub use backend::{Kernel, Pass, Reduction, TensorOps, TensorState};
-pub use element::Element;
+pub use backend::{DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant};
+pub use element::{Dtype, Element, Real};
 pub use error::{BackendError, ProfitError, Result};
 pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Rule, Sgd};
 pub use params::{GroupOptions, GroupState, ParamGroup};
 pub use plain::Plain;
 pub use profit::{
-    LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore, StepReport,
-    TensorReport,
+    Delta, LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore,
+    StepReport, TensorReport, STALL_SHARE,
 };
 
 #[cfg(doctest)]

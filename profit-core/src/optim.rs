@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::element::Element;
+use crate::element::Real;
 use crate::error::{ProfitError, Result};
 
 /// `torch.optim.SGD`: momentum, dampening, nesterov, L2 weight decay.
@@ -306,7 +306,7 @@ impl InnerConfig {
 
     /// The element rule for step number `step` (1-based, as PyTorch's `state['step']` after its
     /// increment) with learning rate `lr` and weight decay `weight_decay` (a parameter group's).
-    pub fn rule<E: Element>(&self, step: u64, lr: f64, weight_decay: f64) -> Rule<E> {
+    pub fn rule<E: Real>(&self, step: u64, lr: f64, weight_decay: f64) -> Rule<E> {
         let e = E::from_f64;
         match *self {
             InnerConfig::Sgd(c) if c.momentum != 0.0 => Rule::SgdMomentum(SgdMomentumRule {
@@ -357,7 +357,7 @@ pub enum Rule<E> {
     RmsProp(RmsPropRule<E>),
 }
 
-impl<E: Element> Rule<E> {
+impl<E> Rule<E> {
     /// Number of state slots the rule reads and writes.
     pub fn slots(&self) -> usize {
         match self {
@@ -367,7 +367,9 @@ impl<E: Element> Rule<E> {
             Rule::RmsProp(r) => 1 + r.centered as usize + r.use_momentum as usize,
         }
     }
+}
 
+impl<E: Real> Rule<E> {
     /// Apply the rule to one element (dispatching on the variant; host loops monomorphize instead).
     #[inline]
     pub fn update(&self, p: E, g: E, s0: &mut E, s1: &mut E, s2: &mut E) -> E {
@@ -388,7 +390,7 @@ impl<E: Element> Rule<E> {
 
 /// `torch.lerp(start, end, weight)` exactly as PyTorch's CPU kernel evaluates it.
 #[inline(always)]
-pub fn lerp<E: Element>(start: E, end: E, weight: E) -> E {
+pub fn lerp<E: Real>(start: E, end: E, weight: E) -> E {
     if weight.abs() < E::from_f64(0.5) {
         start + weight * (end - start)
     } else {
@@ -405,7 +407,7 @@ pub struct SgdRule<E> {
     pub weight_decay: E,
 }
 
-impl<E: Element> SgdRule<E> {
+impl<E: Real> SgdRule<E> {
     /// Update of one element.
     #[inline(always)]
     pub fn update(&self, p: E, g: E) -> E {
@@ -432,7 +434,7 @@ pub struct SgdMomentumRule<E> {
     pub first: bool,
 }
 
-impl<E: Element> SgdMomentumRule<E> {
+impl<E: Real> SgdMomentumRule<E> {
     /// Update of one element with its momentum buffer.
     #[inline(always)]
     pub fn update(&self, p: E, g: E, buf: &mut E) -> E {
@@ -467,7 +469,7 @@ pub struct AdamRule<E> {
     pub amsgrad: bool,
 }
 
-impl<E: Element> AdamRule<E> {
+impl<E: Real> AdamRule<E> {
     fn new(
         step: u64,
         lr: f64,
@@ -537,7 +539,7 @@ pub struct RmsPropRule<E> {
     pub use_momentum: bool,
 }
 
-impl<E: Element> RmsPropRule<E> {
+impl<E: Real> RmsPropRule<E> {
     /// Update of one element with its square average, gradient average and momentum buffer.
     #[inline(always)]
     pub fn update(&self, p: E, g: E, sq: &mut E, gavg: &mut E, buf: &mut E) -> E {

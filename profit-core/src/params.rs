@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Kernel, Pass, Reduction, TensorOps, TensorState};
+use crate::backend::{Kernel, Reduction, TensorOps, TensorState};
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
-use crate::optim::{check_lr, Rule, Sgd};
+use crate::optim::check_lr;
 
 /// Per-group options, as `torch.optim` parameter groups: anything left `None` comes from the
 /// optimizer's own configuration.
@@ -157,13 +157,7 @@ impl<B: TensorOps> Registry<B> {
             }
         }
         let n = reg.names.len();
-        let dummy = Kernel {
-            pass: Pass::Plain,
-            rule: Sgd::default().into_rule(),
-            grad_scale: B::Elem::from_f64(1.0),
-            proj: B::Elem::from_f64(0.0),
-        };
-        reg.kernels = vec![dummy; n];
+        reg.kernels = vec![Kernel::idle(); n];
         reg.reductions = vec![Reduction::default(); n];
         Ok(reg)
     }
@@ -217,7 +211,7 @@ impl<B: TensorOps> Registry<B> {
 
     /// Bytes of optimizer state held.
     pub fn state_bytes(&self) -> usize {
-        let per = std::mem::size_of::<B::Elem>();
+        let per = B::Elem::DTYPE.size();
         self.states
             .iter()
             .zip(&self.shapes)
@@ -229,11 +223,5 @@ impl<B: TensorOps> Registry<B> {
                 bufs * shape.iter().product::<usize>() * per
             })
             .sum()
-    }
-}
-
-impl Sgd {
-    fn into_rule<E: Element>(self) -> Rule<E> {
-        crate::optim::InnerConfig::Sgd(self).rule(1, self.lr, self.weight_decay)
     }
 }

@@ -1,7 +1,7 @@
 //! An inner optimizer used on its own, as a plain `torch.optim`-style optimizer.
 
 use crate::backend::{Pass, TensorOps};
-use crate::element::Element;
+use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
 use crate::optim::InnerConfig;
 use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
@@ -63,7 +63,7 @@ impl<B: TensorOps> Plain<B> {
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<bool> {
         self.reg.check_call(params, grads)?;
         if self.non_finite != NonFinitePolicy::Propagate {
-            B::reduce_all(&self.reg.active, None, grads, &mut self.reg.reductions)?;
+            B::reduce_all(&self.reg.active, params, None, grads, &mut self.reg.reductions)?;
             if let Some(name) = self.reg.non_finite() {
                 if self.non_finite == NonFinitePolicy::Skip {
                     self.skipped += 1;
@@ -78,7 +78,7 @@ impl<B: TensorOps> Plain<B> {
             let k = &mut self.reg.kernels[i];
             k.pass = Pass::Plain;
             k.rule = self.config.rule(step, g.lr, g.weight_decay);
-            k.grad_scale = B::Elem::from_f64(self.config.grad_sign());
+            k.grad_scale = <B::Elem as Element>::Real::from_f64(self.config.grad_sign());
         }
         B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
         self.steps = step;

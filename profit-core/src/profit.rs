@@ -1,20 +1,26 @@
-//! PROFIT (Algorithm 1 of arXiv 2412.01930) with the semantics pinned by SPEC.md: the whole
-//! algorithm is in this file; the element math is in [`optim`](crate::optim) and the passes over
-//! memory are the backend's ([`TensorOps`]).
+//! PROFIT (Algorithm 1 of arXiv 2412.01930) with every point the paper leaves open pinned
+//! down (see the repository's `ALGORITHM.md`): the whole algorithm is in this file; the element
+//! math is in [`optim`](crate::optim) and the passes over memory are the backend's
+//! ([`TensorOps`]).
 //!
 //! One [`Profit::step`] call per batch. After `warmup_steps` plain main-optimizer calls, calls
 //! run in cycles of `n_ref + 1`:
 //!
 //! | call in cycle | what happens |
 //! |---|---|
-//! | 0 | anchor `theta_ref = theta`; `delta = 0`; then as below |
-//! | 0 .. n_ref-1 | reference step: `u = O_ref(theta, g)`; `theta += u`; `delta += u` |
-//! | n_ref (main) | `omega = <delta, g>`; if `omega < 0`: `g -= omega / |delta|^2 * delta`; `theta = theta_ref`; `theta = O(theta, g)` |
+//! | 0 | anchor `theta_ref = theta`; then as below |
+//! | 0 .. n_ref-1 | reference step: `u = O_ref(theta, g)`; `theta += u` |
+//! | n_ref (main) | `delta` (below); `omega = <delta, g>`; if `omega < 0`: `g -= omega / |delta|^2 * delta`; `theta = theta_ref`; `theta = O(theta, g)` |
+//!
+//! `delta` is, by default ([`Delta::Realized`]), `theta' - theta_ref`: the difference of the
+//! stored weights, formed at the main call in the parameters' precision (Algorithm 1, line 7).
+//! With [`Delta::Accumulated`] it is the sum of the reference updates as computed, kept in a
+//! buffer (`delta += u` at every reference step).
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Pass, Reduction, TensorOps};
-use crate::element::Element;
+use crate::backend::{projection_scalars, Kernel, Pass, Reduction, TensorOps};
+use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
 use crate::optim::{check_lr, InnerConfig, Sgd};
 use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
@@ -30,14 +36,37 @@ pub enum Projection {
     PerTensor,
 }
 
-/// How the main call returns to the anchor (SPEC section 2).
+/// What `delta` is: how far the reference steps moved the weights.
+///
+/// In `f64` the two agree to about 1e-16. In `f32` (and lower precisions) they part ways when
+/// the reference updates are small against the spacing of the floating-point numbers around
+/// the weights (`lr_ref * |g|` below about `1e-7 * |w|` in `f32`): most of each reference
+/// update then rounds away when it is added to the weights, and the realized delta keeps only
+/// what the weights really moved, while the accumulated one keeps the updates as intended. See
+/// `EXPERIMENTS.md` for what that does to fine-tuning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delta {
+    /// `delta = theta' - theta_ref`, the difference of the stored weights after the reference
+    /// steps, rounded to the parameters' type element by element: Algorithm 1's line 7 as
+    /// written, and what PyTorch implementations compute. Needs the anchor and no delta buffer
+    /// (formed on the fly at the main call). The default.
+    #[default]
+    Realized,
+    /// `delta` = the sum of the reference updates as computed (the displacement as intended),
+    /// kept in a parameter-sized buffer.
+    Accumulated,
+}
+
+/// How the main call returns to the anchor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Restore {
     /// Keep a copy of the anchor and copy it back: bitwise exact, one parameter-sized buffer.
     #[default]
     Anchor,
-    /// Keep no anchor; restore by `theta - delta`. Saves one buffer; the restored weights differ
+    /// Keep no anchor; restore by `theta - delta` (only with [`Delta::Accumulated`]: the
+    /// realized delta needs the anchor). Saves one buffer; the restored weights differ
     /// from the anchor by rounding: measured by the conformance suite
     /// (`invariant_subtract_restore_error_is_bounded`) at about 1-1.5 eps x max(1, |anchor|)
     /// over up to 3 reference steps, in f32 and f64, and within the golden tolerances.
@@ -71,8 +100,8 @@ pub enum LrCoupling {
     Free,
 }
 
-/// PROFIT's configuration. Field names follow SPEC.md; defaults are the paper's (`n_ref = 1`,
-/// SGD reference, global projection).
+/// PROFIT's configuration. Defaults are the paper's (`n_ref = 1`, SGD reference, global
+/// projection, the realized delta).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProfitConfig {
@@ -86,6 +115,8 @@ pub struct ProfitConfig {
     pub warmup_steps: u64,
     /// Projection scope.
     pub projection: Projection,
+    /// What `delta` is.
+    pub delta: Delta,
     /// Restore mode.
     pub restore: Restore,
     /// Non-finite gradient policy.
@@ -96,14 +127,24 @@ pub struct ProfitConfig {
     pub lr_coupling: LrCoupling,
 }
 
+/// The default main learning rate (`torch.optim.Adam`'s).
+const DEFAULT_MAIN_LR: f64 = 1e-3;
+/// The default `lr_main / lr_ref` of [`ProfitConfig::default`].
+pub const DEFAULT_RATIO: f64 = 1e3;
+
+/// The default: SGD reference at `lr_ref = 1e-3 / DEFAULT_RATIO` (not `Sgd::default()`'s
+/// `1e-3`: PROFIT wants reference steps much smaller than the main ones), Adam main with
+/// PyTorch's defaults, `n_ref = 1`, global projection, realized delta, anchor restore, no
+/// clipping, non-finite gradients refused.
 impl Default for ProfitConfig {
     fn default() -> Self {
         ProfitConfig {
-            reference: InnerConfig::Sgd(Sgd { lr: 1e-4, ..Sgd::default() }),
+            reference: InnerConfig::Sgd(Sgd { lr: DEFAULT_MAIN_LR / DEFAULT_RATIO, ..Sgd::default() }),
             main: InnerConfig::Adam(Default::default()),
             n_ref: 1,
             warmup_steps: 0,
             projection: Projection::Global,
+            delta: Delta::Realized,
             restore: Restore::Anchor,
             non_finite: NonFinitePolicy::Error,
             max_grad_norm: None,
@@ -128,6 +169,11 @@ impl ProfitConfig {
                 value: self.n_ref as f64,
                 reason: "must be in 1..=2^32-1",
             });
+        }
+        if self.delta == Delta::Realized && self.restore == Restore::Subtract {
+            return Err(ProfitError::InvalidConfig(
+                "the realized delta (theta' - anchor) needs the anchor: Restore::Subtract works only with Delta::Accumulated",
+            ));
         }
         if let Some(m) = self.max_grad_norm {
             if !(m.is_finite() && m > 0.0) {
@@ -183,7 +229,16 @@ pub struct MainReport {
     pub projected: bool,
     /// `cos(delta, g)`, `0` when either is zero.
     pub cosine: f64,
+    /// The share of `|g|^2` the projection removed: `omega^2 / (|delta|^2 |g|^2)` (that is
+    /// `cos^2`) when it fires, `0` when it does not; for per-tensor projection the removed
+    /// `omega_i^2 / |delta_i|^2` of the projected tensors over the total `|g|^2`. Near `1`, the
+    /// main optimizer sees almost nothing of the gradient: see [`Profit::stalled_calls`].
+    pub removed: f64,
 }
+
+/// A main call whose projection removed more than this share of `|g|^2` counts as stalled
+/// ([`Profit::stalled_calls`]).
+pub const STALL_SHARE: f64 = 0.95;
 
 /// Per-tensor statistics of the last main call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -199,7 +254,7 @@ pub struct TensorReport {
     pub projected: bool,
 }
 
-/// The per-call report (SPEC section 3).
+/// The per-call report.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// Index of this call among counted calls (skipped calls are not counted).
@@ -212,10 +267,16 @@ pub struct StepReport {
     pub main: Option<MainReport>,
 }
 
-/// The projection coefficient `omega / |delta|^2` when the projection fires (`omega < 0`,
-/// hence `|delta|^2 > 0`), else `0`: the gradient goes to the main optimizer unchanged.
+/// Whether the projection fires: `omega < 0` (hence `|delta|^2 > 0`; the second test guards
+/// an underflowed `|delta|^2`, so that nothing is ever divided by zero).
+fn fires(omega: f64, delta_sq: f64) -> bool {
+    omega < 0.0 && delta_sq > 0.0
+}
+
+/// The projection coefficient `omega / |delta|^2` when the projection fires, else `0`: the
+/// gradient goes to the main optimizer unchanged.
 fn projection_coef(omega: f64, delta_sq: f64) -> f64 {
-    if omega < 0.0 && delta_sq > 0.0 {
+    if fires(omega, delta_sq) {
         omega / delta_sq
     } else {
         0.0
@@ -230,27 +291,34 @@ fn cosine(omega: f64, dd: f64, gg: f64) -> f64 {
     }
 }
 
+/// Set a main kernel's projection scalars from its coefficient; `Err` when the coefficient
+/// cannot be represented in the element's math type even scaled.
+fn set_projection<E: Element>(k: &mut Kernel<E>, sign: f64, coef: f64, delta_sq: f64) -> Result<()> {
+    let (proj, scale) = projection_scalars::<E::Real>(sign * coef, delta_sq)
+        .ok_or(ProfitError::ProjectionOverflow { coefficient: coef })?;
+    k.proj = proj;
+    k.delta_scale = scale;
+    Ok(())
+}
+
 /// The PROFIT optimizer over backend `B`.
 ///
 /// ```
-/// use profit_core::{host::HostBackend, error::BackendError, Profit, ProfitConfig, Sgd, Adam, Phase};
-/// # struct VecBackend;
-/// # impl HostBackend for VecBackend {
-/// #     type Elem = f64; type Tensor = Vec<f64>; const NAME: &'static str = "vec";
-/// #     fn shape(t: &Vec<f64>) -> Vec<usize> { vec![t.len()] }
-/// #     fn zeros_like(t: &Vec<f64>) -> Vec<f64> { vec![0.0; t.len()] }
-/// #     fn as_slice(t: &Vec<f64>) -> Result<&[f64], BackendError> { Ok(t) }
-/// #     fn as_mut_slice(t: &mut Vec<f64>) -> Result<&mut [f64], BackendError> { Ok(t) }
-/// # }
+/// use profit_core::host::{VecBackend, VecTensor};
+/// use profit_core::{Adam, Phase, Profit, ProfitConfig, Sgd};
+///
 /// let config = ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
-/// let mut w = vec![1.0, -1.0];
-/// let mut opt = Profit::<VecBackend>::new(config, &[&w]).unwrap();
-/// let r = opt.step(&mut [&mut w], &[&vec![1.0, 0.0]]).unwrap();
+/// let mut w = VecTensor::new(&[2], vec![1.0f64, -1.0]).unwrap();
+/// let mut opt = Profit::<VecBackend<f64>>::new(config, &[&w])?;
+/// let g = VecTensor::new(&[2], vec![1.0, 0.0]).unwrap();
+/// let r = opt.step(&mut [&mut w], &[&g])?;
 /// assert_eq!(r.phase, Phase::Reference);
 /// // delta = -1e-3 * [1, 0]; this gradient has <delta, g> < 0, so it is projected:
-/// let r = opt.step(&mut [&mut w], &[&vec![1.0, 0.5]]).unwrap();
+/// let g = VecTensor::new(&[2], vec![1.0, 0.5]).unwrap();
+/// let r = opt.step(&mut [&mut w], &[&g])?;
 /// assert_eq!(r.phase, Phase::Main);
 /// assert!(r.main.unwrap().projected);
+/// # Ok::<(), profit_core::ProfitError>(())
 /// ```
 pub struct Profit<B: TensorOps> {
     pub(crate) config: ProfitConfig,
@@ -259,12 +327,19 @@ pub struct Profit<B: TensorOps> {
     pub(crate) calls: u64,
     /// Calls skipped for non-finite gradients.
     pub(crate) skipped: u64,
-    /// Steps the reference optimizer has taken (its `state['step']`).
-    pub(crate) ref_steps: u64,
-    /// Steps the main optimizer has taken.
-    pub(crate) main_steps: u64,
+    /// Main calls whose projection fired.
+    pub(crate) projected_calls: u64,
+    /// Main calls whose projection removed more than [`STALL_SHARE`] of `|g|^2`.
+    pub(crate) stalled_calls: u64,
     /// Per-tensor statistics of the last main call.
     pub(crate) tensor_reports: Vec<TensorReport>,
+}
+
+/// Reference calls among the first `calls` counted calls of a run with this configuration.
+pub(crate) fn reference_calls(config: &ProfitConfig, calls: u64) -> u64 {
+    let n = config.n_ref;
+    let cycled = calls.saturating_sub(config.warmup_steps);
+    cycled / (n + 1) * n + (cycled % (n + 1)).min(n)
 }
 
 impl<B: TensorOps> Profit<B> {
@@ -302,7 +377,7 @@ impl<B: TensorOps> Profit<B> {
         };
         let layout = Layout {
             anchor: config.restore == Restore::Anchor,
-            delta: true,
+            delta: config.delta == Delta::Accumulated,
             ref_slots: reference.slots(),
             main_slots: main.slots(),
         };
@@ -316,8 +391,8 @@ impl<B: TensorOps> Profit<B> {
             reg,
             calls: 0,
             skipped: 0,
-            ref_steps: 0,
-            main_steps: 0,
+            projected_calls: 0,
+            stalled_calls: 0,
             tensor_reports: vec![TensorReport::default(); n],
         })
     }
@@ -340,6 +415,16 @@ impl<B: TensorOps> Profit<B> {
         }
     }
 
+    /// Steps the reference optimizer has taken (its `state['step']`).
+    pub fn reference_steps(&self) -> u64 {
+        reference_calls(&self.config, self.calls)
+    }
+
+    /// Steps the main optimizer has taken (warm-up and main calls).
+    pub fn main_steps(&self) -> u64 {
+        self.calls - self.reference_steps()
+    }
+
     /// One optimizer call: `grads[i]` is the gradient of the loss at the current `params[i]`.
     ///
     /// Arguments are checked (counts, shapes, layouts, finiteness) before anything is changed;
@@ -347,11 +432,7 @@ impl<B: TensorOps> Profit<B> {
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<StepReport> {
         self.reg.check_call(params, grads)?;
         if self.calls >= crate::checkpoint::MAX_CALLS {
-            return Err(ProfitError::InvalidHyperparameter {
-                name: "calls",
-                value: self.calls as f64,
-                reason: "the optimizer has taken the most calls it counts (2^40)",
-            });
+            return Err(ProfitError::CallLimit { limit: crate::checkpoint::MAX_CALLS });
         }
         let (phase, first) = self.phase_at(self.calls);
 
@@ -368,7 +449,7 @@ impl<B: TensorOps> Profit<B> {
         let fuse = main && self.config.projection == Projection::PerTensor && B::FUSE_PER_TENSOR && !need_pre;
         if (main && !fuse) || need_pre {
             let states = (main && !fuse).then_some(&self.reg.states[..]);
-            B::reduce_all(&self.reg.active, states, grads, &mut self.reg.reductions)?;
+            B::reduce_all(&self.reg.active, params, states, grads, &mut self.reg.reductions)?;
             if let Some(name) = self.reg.non_finite() {
                 match self.config.non_finite {
                     NonFinitePolicy::Error => {
@@ -394,9 +475,11 @@ impl<B: TensorOps> Profit<B> {
 
         // Pass 2: one fused pass per tensor.
         let (pass, inner, step) = match phase {
-            Phase::Reference => (Pass::Reference { first }, self.config.reference, self.ref_steps + 1),
-            Phase::Main => (Pass::Main, self.config.main, self.main_steps + 1),
-            _ => (Pass::Plain, self.config.main, self.main_steps + 1),
+            Phase::Reference => {
+                (Pass::Reference { first }, self.config.reference, self.reference_steps() + 1)
+            }
+            Phase::Main => (Pass::Main, self.config.main, self.main_steps() + 1),
+            _ => (Pass::Plain, self.config.main, self.main_steps() + 1),
         };
         for i in 0..self.reg.names.len() {
             let g = &self.reg.groups[self.reg.group_of[i]];
@@ -408,13 +491,22 @@ impl<B: TensorOps> Profit<B> {
             let k = &mut self.reg.kernels[i];
             k.pass = pass;
             k.rule = inner.rule(step, lr, wd);
-            k.grad_scale = B::Elem::from_f64(inner.grad_sign() * scale);
-            k.proj = B::Elem::from_f64(0.0);
+            k.grad_scale = <B::Elem as Element>::Real::from_f64(inner.grad_sign() * scale);
+            k.proj = <B::Elem as Element>::Real::from_f64(0.0);
+            k.delta_scale = <B::Elem as Element>::Real::from_f64(1.0);
         }
         let mut report = None;
+        // With `maximize` the main optimizer negates the (projected) gradient.
+        let sign = inner.grad_sign();
         if fuse {
-            let sign = inner.grad_sign();
-            let coef = |r: Reduction| B::Elem::from_f64(sign * projection_coef(r.omega * scale, r.delta_sq));
+            // Per-tensor coefficients inside the fused pass. A coefficient that overflows even
+            // scaled propagates (this path runs only under `NonFinitePolicy::Propagate`).
+            let coef = |r: Reduction, k: &mut Kernel<B::Elem>| {
+                let c = projection_coef(r.omega * scale, r.delta_sq);
+                if set_projection(k, sign, c, r.delta_sq).is_err() {
+                    k.proj = <<B::Elem as Element>::Real as num_traits::Float>::infinity();
+                }
+            };
             let reg = &mut self.reg;
             B::reduce_apply_all(
                 &reg.active,
@@ -425,43 +517,50 @@ impl<B: TensorOps> Profit<B> {
                 &mut reg.reductions,
                 &coef,
             )?;
-            report = Some(self.main_report(scale));
+            report = Some(self.main_report(scale, sign, false)?);
         } else {
             if main {
-                report = Some(self.main_report(scale));
+                report = Some(self.main_report(scale, sign, true)?);
             }
             B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
         }
-
-        match phase {
-            Phase::Reference => self.ref_steps += 1,
-            _ => self.main_steps += 1,
+        if let Some(r) = &report {
+            self.projected_calls += r.projected as u64;
+            self.stalled_calls += (r.removed > STALL_SHARE) as u64;
         }
         let call = self.calls;
         self.calls += 1;
         Ok(StepReport { call, phase, grad_scale: scale, main: report })
     }
 
-    /// Turn the main call's reductions into the projection coefficients (into the kernels), the
-    /// per-tensor reports and the call's report.
-    fn main_report(&mut self, scale: f64) -> MainReport {
+    /// The main call's report and per-tensor reports from its reductions; with `set`, also the
+    /// kernels' projection scalars (each coefficient computed once, here), checked before
+    /// anything is changed.
+    fn main_report(&mut self, scale: f64, sign: f64, set: bool) -> Result<MainReport> {
         let global = self.config.projection == Projection::Global;
         let total = self.reg.total();
         let (om, dd, gg) = (total.omega * scale, total.delta_sq, total.grad_sq * scale * scale);
+        let global_fires = fires(om, dd);
         let mut any = false;
+        let mut removed_sq = 0.0;
+        if set {
+            for i in 0..self.reg.names.len() {
+                let r = self.reg.reductions[i];
+                let (coef, d_sq) = match (self.reg.active[i], global) {
+                    (false, _) => (0.0, 1.0),
+                    (true, true) => (projection_coef(om, dd), dd),
+                    (true, false) => (projection_coef(r.omega * scale, r.delta_sq), r.delta_sq),
+                };
+                set_projection(&mut self.reg.kernels[i], sign, coef, d_sq)?;
+            }
+        }
         for (i, r) in self.reg.reductions.iter().enumerate() {
             let (o_i, d_i) = (r.omega * scale, r.delta_sq);
-            let coef = if !self.reg.active[i] {
-                0.0
-            } else if global {
-                projection_coef(om, dd)
-            } else {
-                projection_coef(o_i, d_i)
-            };
-            let projected = coef != 0.0;
-            any |= projected;
-            // With `maximize` the main optimizer negates the (projected) gradient.
-            self.reg.kernels[i].proj = B::Elem::from_f64(self.config.main.grad_sign() * coef);
+            let projected = self.reg.active[i] && if global { global_fires } else { fires(o_i, d_i) };
+            if projected && !global {
+                any = true;
+                removed_sq += o_i / d_i * o_i;
+            }
             self.tensor_reports[i] = TensorReport {
                 omega: o_i,
                 delta_norm_sq: d_i,
@@ -469,13 +568,13 @@ impl<B: TensorOps> Profit<B> {
                 projected,
             };
         }
-        MainReport {
-            omega: om,
-            delta_norm_sq: dd,
-            grad_norm_sq: gg,
-            projected: if global { projection_coef(om, dd) != 0.0 } else { any },
-            cosine: cosine(om, dd, gg),
-        }
+        let cos = cosine(om, dd, gg);
+        let (projected, removed) = if global {
+            (global_fires, if global_fires { cos * cos } else { 0.0 })
+        } else {
+            (any, if gg > 0.0 { (removed_sq / gg).min(1.0) } else { 0.0 })
+        };
+        Ok(MainReport { omega: om, delta_norm_sq: dd, grad_norm_sq: gg, projected, cosine: cos, removed })
     }
 
     /// The configuration (with the learning rates it was built with).
@@ -491,6 +590,19 @@ impl<B: TensorOps> Profit<B> {
     /// Calls skipped for non-finite gradients.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Main calls whose projection fired, so far.
+    pub fn projected_calls(&self) -> u64 {
+        self.projected_calls
+    }
+
+    /// Main calls whose projection removed more than [`STALL_SHARE`] (95%) of `|g|^2`, so far.
+    /// When most main calls stall, the main optimizer sees mostly batch noise and fine-tuning
+    /// makes little progress on the new task (see `EXPERIMENTS.md`); a larger `lr_ref` (for the
+    /// realized delta) or the realized delta itself is what changes that.
+    pub fn stalled_calls(&self) -> u64 {
+        self.stalled_calls
     }
 
     /// Per-tensor statistics of the last main call, in registration order.
@@ -624,11 +736,16 @@ impl<B: TensorOps> Profit<B> {
         self.reg.state_bytes()
     }
 
-    /// Extra bytes held beyond what the main optimizer alone would hold: anchor + delta + the
-    /// reference optimizer's state (the paper's stated memory cost).
+    /// Extra bytes held beyond what the main optimizer alone would hold: the anchor (if kept),
+    /// the delta buffer (accumulated mode only) and the reference optimizer's state (the
+    /// paper's stated memory cost). With the defaults (SGD reference, realized delta, anchor
+    /// restore) that is one parameter-sized buffer.
     pub fn profit_overhead_bytes(&self) -> usize {
-        let per = self.reg.trainable_elements() * std::mem::size_of::<B::Elem>();
-        per * (self.config.reference.slots() + 1 + (self.config.restore == Restore::Anchor) as usize)
+        let per = self.reg.trainable_elements() * B::Elem::DTYPE.size();
+        let buffers = self.config.reference.slots()
+            + (self.config.delta == Delta::Accumulated) as usize
+            + (self.config.restore == Restore::Anchor) as usize;
+        per * buffers
     }
 
     /// The anchor of tensor `i` (absent with [`Restore::Subtract`] or for frozen tensors).
@@ -636,7 +753,8 @@ impl<B: TensorOps> Profit<B> {
         self.reg.states.get(i)?.anchor.as_ref()
     }
 
-    /// The accumulated delta of tensor `i` (absent for frozen tensors).
+    /// The accumulated delta buffer of tensor `i` (present only with [`Delta::Accumulated`],
+    /// for trainable tensors; the realized delta is `param - anchor`, formed when needed).
     pub fn delta(&self, i: usize) -> Option<&B::Tensor> {
         self.reg.states.get(i)?.delta.as_ref()
     }

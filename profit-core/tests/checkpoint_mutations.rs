@@ -2,14 +2,14 @@
 //! target in `fuzz/`): byte flips, truncations, insertions and random bytes never panic, and a
 //! refused load changes nothing.
 
-use ndarray::{ArrayD, IxDyn};
-use profit_core::{Adam, Profit, ProfitConfig, RmsProp, Sgd};
-use profit_ndarray::NdArray;
+use profit_core::host::{VecBackend, VecTensor};
+use profit_core::{Adam, Delta, Profit, ProfitConfig, RmsProp, Sgd};
 use proptest::prelude::*;
 
-fn setup(main_rms: bool) -> (Profit<NdArray<f32>>, Vec<ArrayD<f32>>) {
-    let w = ArrayD::from_shape_fn(IxDyn(&[3, 2]), |d| d[0] as f32 * 0.3 - d[1] as f32 * 0.2);
-    let b = ArrayD::from_elem(IxDyn(&[2]), 0.25f32);
+fn setup(main_rms: bool) -> (Profit<VecBackend<f32>>, Vec<VecTensor<f32>>) {
+    let w = VecTensor::new(&[3, 2], (0..6).map(|i| (i / 2) as f32 * 0.3 - (i % 2) as f32 * 0.2).collect())
+        .unwrap();
+    let b = VecTensor::new(&[2], vec![0.25f32; 2]).unwrap();
     let config = if main_rms {
         ProfitConfig::new(
             Sgd { lr: 1e-3, ..Sgd::default() },
@@ -21,10 +21,16 @@ fn setup(main_rms: bool) -> (Profit<NdArray<f32>>, Vec<ArrayD<f32>>) {
             Adam { amsgrad: true, ..Adam::default() },
         )
     };
-    let mut opt = Profit::<NdArray<f32>>::with_names(config, &[("w", &w), ("b", &b)]).unwrap();
+    let mut opt = Profit::<VecBackend<f32>>::with_names(config, &[("w", &w), ("b", &b)]).unwrap();
     let mut p = vec![w, b];
     for i in 0..3 {
-        let g: Vec<ArrayD<f32>> = p.iter().map(|t| t.mapv(|x| x * 0.5 - i as f32 * 0.1)).collect();
+        let g: Vec<VecTensor<f32>> = p
+            .iter()
+            .map(|t| VecTensor {
+                data: t.data.iter().map(|x| x * 0.5 - i as f32 * 0.1).collect(),
+                shape: t.shape.clone(),
+            })
+            .collect();
         let (x, y) = p.split_at_mut(1);
         opt.step(&mut [&mut x[0], &mut y[0]], &[&g[0], &g[1]]).unwrap();
     }
@@ -106,15 +112,21 @@ proptest! {
 
 #[test]
 fn checkpoint_size_relative_to_parameters() {
-    // 1M f32 parameters, SGD reference (no state), Adam main: anchor + delta + exp_avg + exp_avg_sq.
-    let w = ArrayD::<f32>::zeros(IxDyn(&[1000, 1000]));
-    let config = ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam::default());
-    let opt = Profit::<NdArray<f32>>::with_names(config, &[("w", &w)]).unwrap();
-    let bytes = opt.save_checkpoint().unwrap().len();
+    // 1M f32 parameters, SGD reference (no state), Adam main: anchor + exp_avg + exp_avg_sq
+    // (realized delta), + delta (accumulated).
+    let w = VecTensor::new(&[1000, 1000], vec![0.0f32; 1_000_000]).unwrap();
     let param_bytes = 1_000_000 * 4;
-    let ratio = bytes as f64 / param_bytes as f64;
-    println!(
-        "checkpoint of 1M f32 params (SGD ref, Adam main): {bytes} bytes = {ratio:.4} x parameter bytes"
-    );
-    assert!(bytes >= 4 * param_bytes && bytes < 4 * param_bytes + 4096, "{bytes}");
+    for (delta, buffers) in [(Delta::Realized, 3), (Delta::Accumulated, 4)] {
+        let config =
+            ProfitConfig { delta, ..ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam::default()) };
+        let opt = Profit::<VecBackend<f32>>::with_names(config, &[("w", &w)]).unwrap();
+        assert_eq!(opt.state_bytes(), buffers * param_bytes, "{delta:?}");
+        assert_eq!(opt.profit_overhead_bytes(), (buffers - 2) * param_bytes, "{delta:?}");
+        let bytes = opt.save_checkpoint().unwrap().len();
+        let ratio = bytes as f64 / param_bytes as f64;
+        println!(
+            "checkpoint of 1M f32 params (SGD ref, Adam main, {delta:?} delta): {bytes} bytes = {ratio:.4} x parameter bytes"
+        );
+        assert!(bytes >= buffers * param_bytes && bytes < buffers * param_bytes + 4096, "{bytes}");
+    }
 }

@@ -1,14 +1,13 @@
 //! Schedules driving a PROFIT optimizer: main rate from the schedule, reference rate at the
 //! fixed ratio or on its own schedule; a bad schedule changes nothing.
 
-use ndarray::{ArrayD, IxDyn};
+use profit_core::host::{VecBackend, VecTensor};
 use profit_core::schedule::{CosineAnnealing, ExponentialLr, Scheduler, StepLr};
 use profit_core::{Adam, GroupOptions, LrCoupling, ParamGroup, Profit, ProfitConfig, Sgd};
-use profit_ndarray::NdArray;
 
-fn opt(coupling: LrCoupling) -> Profit<NdArray<f64>> {
-    let w = ArrayD::<f64>::zeros(IxDyn(&[2]));
-    let b = ArrayD::<f64>::zeros(IxDyn(&[1]));
+fn opt(coupling: LrCoupling) -> Profit<VecBackend<f64>> {
+    let w = VecTensor::new(&[2], vec![0.0f64; 2]).unwrap();
+    let b = VecTensor::new(&[1], vec![0.0f64]).unwrap();
     let config = ProfitConfig {
         lr_coupling: coupling,
         ..ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam { lr: 1e-2, ..Adam::default() })
@@ -94,13 +93,13 @@ fn set_ref_lr_keeps_group_proportions() {
 #[test]
 fn own_group_lr_with_zero_main_lr_builds() {
     // Main lr 0 (to be raised by a schedule): a group's own lr must not give an infinite ref lr.
-    let w = ArrayD::<f64>::zeros(IxDyn(&[2]));
-    let b = ArrayD::<f64>::zeros(IxDyn(&[1]));
+    let w = VecTensor::new(&[2], vec![0.0f64; 2]).unwrap();
+    let b = VecTensor::new(&[1], vec![0.0f64]).unwrap();
     let config = ProfitConfig::new(Sgd { lr: 1e-4, ..Sgd::default() }, Adam { lr: 0.0, ..Adam::default() });
     let groups = vec![
         ParamGroup::new([("w", &w)]),
         ParamGroup::new([("b", &b)]).options(GroupOptions { lr: Some(1e-3), ..Default::default() }),
     ];
-    let o = Profit::<NdArray<f64>>::with_groups(config, groups).unwrap();
+    let o = Profit::<VecBackend<f64>>::with_groups(config, groups).unwrap();
     assert_eq!(o.groups()[1].ref_lr, 1e-4);
 }

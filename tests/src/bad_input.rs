@@ -3,7 +3,7 @@
 //! lockstep, bitwise, with a twin that never saw it.
 
 use profit_core::{
-    Adam, AdamW, InnerConfig, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError, RmsProp, Sgd,
+    Adam, AdamW, Delta, InnerConfig, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError, RmsProp, Sgd,
     TensorOps,
 };
 
@@ -128,9 +128,11 @@ fn build<H: Harness>(h: &H, cfg: ProfitConfig) -> (Profit<H::B>, Vec<T<H>>) {
 /// hyperparameters and the skip policy.
 pub fn all<H: Harness>(h: &H) {
     let mut checked = 0;
-    for main in mains() {
+    for (k, main) in mains().into_iter().enumerate() {
         for (n_ref, warmup) in [(1, 0), (2, 1)] {
-            let cfg = config(main, n_ref, warmup);
+            // Both delta modes, alternating over the main optimizers.
+            let delta = if k % 2 == 0 { Delta::Realized } else { Delta::Accumulated };
+            let cfg = ProfitConfig { delta, ..config(main, n_ref, warmup) };
             for prefix in 0..(warmup + 2 * (n_ref + 1)) as usize {
                 for (what, bad, is_expected) in calls::<H>() {
                     let (mut opt, mut params) = build(h, cfg);
@@ -217,13 +219,20 @@ fn bad_hyperparameters<H: Harness>(h: &H) {
         ("negative alpha", ProfitConfig::new(ok_ref, RmsProp { alpha: -0.5, ..RmsProp::default() })),
         ("n_ref = 0", ProfitConfig { n_ref: 0, ..ProfitConfig::new(ok_ref, Adam::default()) }),
         (
+            "realized delta with restore by subtraction",
+            ProfitConfig {
+                restore: profit_core::Restore::Subtract,
+                ..ProfitConfig::new(ok_ref, Adam::default())
+            },
+        ),
+        (
             "max_grad_norm = 0",
             ProfitConfig { max_grad_norm: Some(0.0), ..ProfitConfig::new(ok_ref, Adam::default()) },
         ),
     ];
     for (what, cfg) in bad_configs {
         match Profit::<H::B>::new(cfg, &[&params[0], &params[1]]) {
-            Err(ProfitError::InvalidHyperparameter { .. }) => {}
+            Err(ProfitError::InvalidHyperparameter { .. } | ProfitError::InvalidConfig(_)) => {}
             Err(e) => panic!("{what}: wrong error {e}"),
             Ok(_) => panic!("{}: {what} was accepted", h.label()),
         }

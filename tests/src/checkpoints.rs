@@ -1,7 +1,7 @@
 //! Checkpoint conformance: resume after every call of every golden case matches the
 //! uninterrupted run bitwise; files that do not fit are refused and change nothing.
 
-use profit_core::{Profit, ProfitConfig, ProfitError, TensorOps};
+use profit_core::{Delta, Profit, ProfitConfig, ProfitError, TensorOps};
 use serde_json::Value;
 
 use crate::golden::{golden_files, GoldenCase};
@@ -40,15 +40,17 @@ fn init(case: &GoldenCase) -> Vec<Vec<f64>> {
     case.problem.params.iter().map(|p| p.init.clone()).collect()
 }
 
-/// For every golden case: save after every call, load into a fresh optimizer (built with a
-/// different learning rate, which the checkpoint must override), continue, and match the
-/// uninterrupted run bitwise at every later call. Also: save(load(x)) == x.
+/// For every golden case, in both delta modes: save after every call, load into a fresh
+/// optimizer (built with a different learning rate, which the checkpoint must override),
+/// continue, and match the uninterrupted run bitwise at every later call. Also:
+/// save(load(x)) == x.
 pub fn resume_every_call<H: Harness>(h: &H) {
     let mut total_bytes = 0usize;
     let mut cases = 0;
-    for f in golden_files().expect("golden files") {
-        let case = GoldenCase::load(&f).expect("golden case");
-        let config = case.profit_config().expect("config");
+    let files = golden_files().expect("golden files");
+    for (f, delta) in files.iter().flat_map(|f| [(f, Delta::Realized), (f, Delta::Accumulated)]) {
+        let case = GoldenCase::load(&f.path).expect("golden case");
+        let config = ProfitConfig { delta, ..case.profit_config().expect("config") };
         let n = case.trajectory.len();
         let mut a = build::<H>(h, &case, config, &init(&case));
         let mut saved = vec![];
@@ -84,7 +86,7 @@ pub fn resume_every_call<H: Harness>(h: &H) {
         cases += 1;
     }
     println!(
-        "checkpoint {:<18} {cases} cases resumed after every call, bitwise; last file {total_bytes} bytes",
+        "checkpoint {:<18} {cases} case/mode pairs resumed after every call, bitwise; last file {total_bytes} bytes",
         h.label()
     );
 }
@@ -124,8 +126,8 @@ pub fn refuse_bad<H: Harness>(h: &H) {
     let file = golden_files()
         .expect("golden files")
         .into_iter()
-        .find(|f| f.to_string_lossy().contains("sgd_adam_nref1"));
-    let case = GoldenCase::load(&file.expect("sgd_adam_nref1.json present")).expect("case");
+        .find(|f| f.path.to_string_lossy().contains("sgd_adam_nref1"));
+    let case = GoldenCase::load(&file.expect("sgd_adam_nref1.json present").path).expect("case");
     let config = case.profit_config().expect("config");
     let mut a = build::<H>(h, &case, config, &init(&case));
     let mut twin = build::<H>(h, &case, config, &init(&case));
@@ -148,6 +150,12 @@ pub fn refuse_bad<H: Harness>(h: &H) {
         let o = Profit::<H::B>::with_names(c, &[("w", &params[0]), ("b", &params[1])]).expect("build");
         o.save_checkpoint().expect("save")
     };
+    let other_delta = {
+        let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
+        let c = ProfitConfig { delta: Delta::Accumulated, ..config };
+        let o = Profit::<H::B>::with_names(c, &[("w", &params[0]), ("b", &params[1])]).expect("build");
+        o.save_checkpoint().expect("save")
+    };
     let (header, data) = split(&good);
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
@@ -158,6 +166,7 @@ pub fn refuse_bad<H: Harness>(h: &H) {
         ("flipped payload byte".into(), flipped),
         ("other parameter names".into(), other_names),
         ("other optimizer layout".into(), other_layout),
+        ("other delta mode".into(), other_delta),
         ("wrong version".into(), edit_meta(&good, |m| m["version"] = 99.into())),
         ("wrong format".into(), edit_meta(&good, |m| m["format"] = "pytorch".into())),
         (
@@ -176,15 +185,16 @@ pub fn refuse_bad<H: Harness>(h: &H) {
                 m["params"].as_array_mut().expect("params").push(extra);
             }),
         ),
-        ("inconsistent counters".into(), edit_meta(&good, |m| m["calls"] = 1000.into())),
+        ("more projected than main calls".into(), edit_meta(&good, |m| m["projected_calls"] = 1000.into())),
+        ("more stalled than projected calls".into(), edit_meta(&good, |m| m["stalled_calls"] = 1000.into())),
         (
-            "huge but consistent counters".into(),
+            "step counters inconsistent with the calls".into(),
             edit_meta(&good, |m| {
-                m["calls"] = u64::MAX.into();
-                m["ref_steps"] = (1u64 << 63).into();
-                m["main_steps"] = ((1u64 << 63) - 1).into();
+                m["ref_steps"] = 5.into();
+                m["main_steps"] = 7.into();
             }),
         ),
+        ("huge call counter".into(), edit_meta(&good, |m| m["calls"] = u64::MAX.into())),
         (
             "negative lr ratio".into(),
             edit_meta(&good, |m| m["groups"][0]["ratio_bits"] = (-1.0f64).to_bits().into()),
@@ -199,7 +209,7 @@ pub fn refuse_bad<H: Harness>(h: &H) {
         ("tensor renamed".into(), {
             let mut hd = header.clone();
             let obj = hd.as_object_mut().expect("object");
-            let key = obj.keys().find(|k| k.ends_with("/delta")).expect("delta key").clone();
+            let key = obj.keys().find(|k| k.ends_with("/anchor")).expect("anchor key").clone();
             let v = obj.remove(&key).expect("value");
             obj.insert(format!("{key}x"), v);
             join(&hd, &data)

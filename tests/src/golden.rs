@@ -70,6 +70,10 @@ pub struct Record {
 pub struct GoldenCase {
     /// Case name.
     pub name: String,
+    /// `"float32"` for trajectories made in float32 with the realized delta; absent (float64)
+    /// otherwise.
+    #[serde(default)]
+    pub dtype: Option<String>,
     /// The problem.
     pub problem: Problem,
     /// PROFIT configuration, in the golden format (PyTorch names).
@@ -89,9 +93,20 @@ impl GoldenCase {
         Ok(case)
     }
 
-    /// The configuration as a [`ProfitConfig`].
+    /// The configuration as a [`ProfitConfig`]: the golden file's fields, the rest at their
+    /// defaults (so the delta mode is the default, realized, unless the caller sets it).
     pub fn profit_config(&self) -> Result<ProfitConfig, String> {
         serde_json::from_value(self.config.clone()).map_err(|e| format!("{}: config: {e}", self.name))
+    }
+
+    /// Whether this is a float32 trajectory (`"dtype": "float32"`).
+    pub fn is_float32(&self) -> bool {
+        self.dtype.as_deref() == Some("float32")
+    }
+
+    /// `lr_main / lr_ref` of the configuration (infinite for `lr_ref = 0`; 0 if unreadable).
+    pub fn ratio(&self) -> f64 {
+        self.profit_config().map_or(0.0, |c| c.main.lr() / c.reference.lr())
     }
 
     /// Gradients (row-major, per parameter) and loss of the least-squares loss on `rows`, at
@@ -129,17 +144,30 @@ pub fn lstsq_gradients(p: &Problem, rows: &[usize], params: &[Vec<f64>]) -> (Vec
     (vec![gw, gb], loss / m)
 }
 
-/// Golden files: the suite's own copies, plus every `*.json` in `$PROFIT_GOLDEN_DIR` when set
-/// (which must hold at least one).
-pub fn golden_files() -> Result<Vec<PathBuf>, String> {
-    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
-    let mut files = json_files(&own)?;
+/// A golden file and whether it is one of this crate's own.
+#[derive(Clone, Debug)]
+pub struct GoldenFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// From `golden/` or `golden32/` (not from `$PROFIT_GOLDEN_DIR`).
+    pub own: bool,
+}
+
+/// Golden files: the suite's own (`golden/`, float64; `golden32/`, float32), plus every
+/// `*.json` in `$PROFIT_GOLDEN_DIR` when set (which must hold at least one; each file's `dtype`
+/// field says which kind it is).
+pub fn golden_files() -> Result<Vec<GoldenFile>, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![];
+    for dir in ["golden", "golden32"] {
+        files.extend(json_files(&root.join(dir))?.into_iter().map(|path| GoldenFile { path, own: true }));
+    }
     if let Ok(dir) = std::env::var("PROFIT_GOLDEN_DIR") {
         let extra = json_files(Path::new(&dir))?;
         if extra.is_empty() {
             return Err(format!("PROFIT_GOLDEN_DIR={dir} holds no *.json golden case"));
         }
-        files.extend(extra);
+        files.extend(extra.into_iter().map(|path| GoldenFile { path, own: false }));
     }
     Ok(files)
 }
@@ -207,8 +235,14 @@ pub fn replay_with<H: Harness>(
     let mut tensors: Vec<_> = named.into_iter().map(|(_, t)| t).collect();
     let mut stats = ReplayStats::default();
     // Relative tolerance of the reported statistics: tight in f64, loose in f32 where omega
-    // carries the rounding of every element.
-    let stats_tol = if tol < 1e-6 { 1e-8 } else { 1e-3 };
+    // carries the rounding of every element (none for an unbounded replay).
+    let stats_tol = if tol < 1e-6 {
+        1e-8
+    } else if tol.is_finite() {
+        1e-3
+    } else {
+        f64::INFINITY
+    };
     for (call, (rows, rec)) in case.problem.batches.iter().zip(&case.trajectory).enumerate() {
         let at = |msg: String| format!("{} call {call}: {msg}", case.name);
         let current: Vec<Vec<f64>> = tensors.iter().map(|t| h.values(t)).collect();

@@ -1,9 +1,11 @@
 //! The algorithm's invariants as property tests (proptest), generic over any backend.
 
+use profit_core::host::reduce::realized;
 use profit_core::{
     Adam, AdamW, GroupOptions, InnerConfig, ParamGroup, Phase, Profit, ProfitConfig, Projection, RmsProp,
     Sgd, TensorOps,
 };
+use profit_core::{Delta, Element};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -62,6 +64,30 @@ pub fn arb_inner(lr: f64) -> BoxedStrategy<InnerConfig> {
     .boxed()
 }
 
+/// Either delta mode: every invariant holds in both.
+pub fn arb_delta() -> impl Strategy<Value = Delta> {
+    prop_oneof![Just(Delta::Realized), Just(Delta::Accumulated)]
+}
+
+/// The delta a main call would see now: the accumulated buffer, or the realized
+/// `param - anchor` rounded to the element type.
+fn delta_of<H: Harness>(h: &H, opt: &Profit<H::B>, params: &[T<H>]) -> Vec<Vec<f64>> {
+    type E<H> = <<H as Harness>::B as TensorOps>::Elem;
+    (0..params.len())
+        .map(|i| match opt.delta(i) {
+            Some(d) => h.values(d),
+            None => {
+                let a = h.values(opt.anchor(i).expect("the realized delta keeps the anchor"));
+                let p = h.values(&params[i]);
+                p.iter()
+                    .zip(&a)
+                    .map(|(&p, &a)| realized(E::<H>::from_f64(p), E::<H>::from_f64(a)).as_f64())
+                    .collect()
+            }
+        })
+        .collect()
+}
+
 fn vals(n: usize) -> impl Strategy<Value = Vec<f64>> {
     proptest::collection::vec(-2.0..2.0f64, n)
 }
@@ -113,10 +139,18 @@ fn run<S: Strategy>(label: String, strategy: S, test: impl Fn(S::Value) -> Resul
 
 /// With `lr_main = 0` the main call returns the parameters exactly (bitwise) to the anchor.
 pub fn lr_zero_restores_anchor<H: Harness>(h: &H) {
-    let strategy =
-        (arb_inner(0.0), 1u64..4, 1e-4..1e-1f64, arb_sets(4), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
-    run(h.label(), strategy, |(main, n_ref, lr_ref, grads, p0, p1)| {
-        let config = ProfitConfig { n_ref, ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, main) };
+    let strategy = (
+        arb_inner(0.0),
+        1u64..4,
+        1e-4..1e-1f64,
+        arb_sets(4),
+        vals(numel(SHAPES[0])),
+        vals(numel(SHAPES[1])),
+        arb_delta(),
+    );
+    run(h.label(), strategy, |(main, n_ref, lr_ref, grads, p0, p1, delta)| {
+        let config =
+            ProfitConfig { n_ref, delta, ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, main) };
         let init = vec![p0, p1];
         let mut params = tensors(h, &SHAPES, &init);
         let refs: Vec<&T<H>> = params.iter().collect();
@@ -137,8 +171,11 @@ pub fn lr_zero_restores_anchor<H: Harness>(h: &H) {
 }
 
 /// Main SGD with lr 1 recovers the gradient it used: `g_used = anchor - theta`.
-fn sgd_unit_config(lr_ref: f64) -> ProfitConfig {
-    ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, Sgd { lr: 1.0, ..Sgd::default() })
+fn sgd_unit_config(lr_ref: f64, delta: Delta) -> ProfitConfig {
+    ProfitConfig {
+        delta,
+        ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, Sgd { lr: 1.0, ..Sgd::default() })
+    }
 }
 
 fn used_gradient(anchor: &[Vec<f64>], after: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -164,14 +201,16 @@ pub fn projection_orthogonal<H: Harness>(h: &H) {
         arb_sets(1),
         vals(numel(SHAPES[0])),
         vals(numel(SHAPES[1])),
+        arb_delta(),
     );
-    run(h.label(), strategy, |(lr_ref, g, c, noise, p0, p1)| {
+    run(h.label(), strategy, |(lr_ref, g, c, noise, p0, p1, mode)| {
         let mut params = tensors(h, &SHAPES, &[p0, p1]);
         let refs: Vec<&T<H>> = params.iter().collect();
-        let mut opt = Profit::<H::B>::new(sgd_unit_config(lr_ref), &refs).map_err(|e| fail(e.to_string()))?;
+        let mut opt =
+            Profit::<H::B>::new(sgd_unit_config(lr_ref, mode), &refs).map_err(|e| fail(e.to_string()))?;
         let anchor = read(h, &params);
         step::<H>(&mut opt, &mut params, &tensors(h, &SHAPES, &g[0]))?;
-        let delta: Vec<Vec<f64>> = (0..2).map(|i| h.values(opt.delta(i).expect("delta"))).collect();
+        let delta = delta_of(h, &opt, &params);
         // Main gradient leaning against delta, so that the projection fires most of the time.
         let g2: Vec<Vec<f64>> = g[1]
             .iter()
@@ -199,15 +238,21 @@ pub fn projection_orthogonal<H: Harness>(h: &H) {
 
 /// With `omega >= 0`, or `delta = 0`, the gradient reaches the main optimizer unchanged.
 pub fn unprojected_gradient_unchanged<H: Harness>(h: &H) {
-    let strategy =
-        (prop_oneof![Just(0.0), 1e-3..1e-1f64], arb_sets(2), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
-    run(h.label(), strategy, |(lr_ref, g, p0, p1)| {
+    let strategy = (
+        prop_oneof![Just(0.0), 1e-3..1e-1f64],
+        arb_sets(2),
+        vals(numel(SHAPES[0])),
+        vals(numel(SHAPES[1])),
+        arb_delta(),
+    );
+    run(h.label(), strategy, |(lr_ref, g, p0, p1, mode)| {
         let mut params = tensors(h, &SHAPES, &[p0, p1]);
         let refs: Vec<&T<H>> = params.iter().collect();
-        let mut opt = Profit::<H::B>::new(sgd_unit_config(lr_ref), &refs).map_err(|e| fail(e.to_string()))?;
+        let mut opt =
+            Profit::<H::B>::new(sgd_unit_config(lr_ref, mode), &refs).map_err(|e| fail(e.to_string()))?;
         let anchor = read(h, &params);
         step::<H>(&mut opt, &mut params, &tensors(h, &SHAPES, &g[0]))?;
-        let delta: Vec<Vec<f64>> = (0..2).map(|i| h.values(opt.delta(i).expect("delta"))).collect();
+        let delta = delta_of(h, &opt, &params);
         let g2t = tensors(h, &SHAPES, &g[1]);
         let g2 = read(h, &g2t);
         let omega = dot(&delta, &g2);
@@ -226,13 +271,14 @@ pub fn unprojected_gradient_unchanged<H: Harness>(h: &H) {
 /// Per-tensor projection on a single tensor is the global projection, bitwise.
 pub fn per_tensor_single_equals_global<H: Harness>(h: &H) {
     let shape: &[usize] = &[4, 3];
-    let strategy = (arb_inner(1e-2), 1u64..3, proptest::collection::vec(vals(12), 7), vals(12));
-    run(h.label(), strategy, |(main, n_ref, grads, p)| {
+    let strategy = (arb_inner(1e-2), 1u64..3, proptest::collection::vec(vals(12), 7), vals(12), arb_delta());
+    run(h.label(), strategy, |(main, n_ref, grads, p, delta)| {
         let mut out = vec![];
         for projection in [Projection::Global, Projection::PerTensor] {
             let config = ProfitConfig {
                 n_ref,
                 projection,
+                delta,
                 ..ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main)
             };
             let mut params = vec![h.tensor(shape, &p)];
@@ -252,9 +298,10 @@ pub fn per_tensor_single_equals_global<H: Harness>(h: &H) {
 /// A frozen group is never changed and stays out of the projection: the trainable tensors
 /// follow exactly the run of an optimizer built over them alone.
 pub fn frozen_groups_untouched<H: Harness>(h: &H) {
-    let strategy = (arb_inner(1e-2), arb_sets(6), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
-    run(h.label(), strategy, |(main, grads, p0, p1)| {
-        let config = ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main);
+    let strategy =
+        (arb_inner(1e-2), arb_sets(6), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])), arb_delta());
+    run(h.label(), strategy, |(main, grads, p0, p1, delta)| {
+        let config = ProfitConfig { delta, ..ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main) };
         let mut both = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
         let groups = vec![
             ParamGroup::new([("w", &both[0])]),
@@ -283,10 +330,16 @@ pub fn frozen_groups_untouched<H: Harness>(h: &H) {
 /// Clipping by global norm equals feeding gradients pre-scaled by
 /// `min(1, max_norm / (|g| + 1e-6))` (`torch.nn.utils.clip_grad_norm_`).
 pub fn clipping_equals_prescaled<H: Harness>(h: &H) {
-    let strategy =
-        (arb_inner(1e-2), 0.05..3.0f64, arb_sets(6), vals(numel(SHAPES[0])), vals(numel(SHAPES[1])));
-    run(h.label(), strategy, |(main, max_norm, grads, p0, p1)| {
-        let base = ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main);
+    let strategy = (
+        arb_inner(1e-2),
+        0.05..3.0f64,
+        arb_sets(6),
+        vals(numel(SHAPES[0])),
+        vals(numel(SHAPES[1])),
+        arb_delta(),
+    );
+    run(h.label(), strategy, |(main, max_norm, grads, p0, p1, delta)| {
+        let base = ProfitConfig { delta, ..ProfitConfig::new(Sgd { lr: 1e-2, ..Sgd::default() }, main) };
         let clipped = ProfitConfig { max_grad_norm: Some(max_norm), ..base };
         let mut pa = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
         let mut pb = tensors(h, &SHAPES, &[p0, p1]);
@@ -329,10 +382,12 @@ pub fn group_rates_match_separate<H: Harness>(h: &H) {
         arb_sets(6),
         vals(numel(SHAPES[0])),
         vals(numel(SHAPES[1])),
+        arb_delta(),
     );
-    run(h.label(), strategy, |(main, lr, ref_lr, wd, grads, p0, p1)| {
+    run(h.label(), strategy, |(main, lr, ref_lr, wd, grads, p0, p1, delta)| {
         let config = ProfitConfig {
             projection: Projection::PerTensor,
+            delta,
             ..ProfitConfig::new(Sgd { lr: 1e-3, ..Sgd::default() }, main)
         };
         let mut both = tensors(h, &SHAPES, &[p0.clone(), p1.clone()]);
@@ -382,6 +437,7 @@ pub fn subtract_restore_error<H: Harness>(h: &H) {
         let config = ProfitConfig {
             n_ref,
             restore: profit_core::Restore::Subtract,
+            delta: Delta::Accumulated,
             ..ProfitConfig::new(Sgd { lr: lr_ref, ..Sgd::default() }, Sgd { lr: 0.0, ..Sgd::default() })
         };
         let mut params = tensors(h, &SHAPES, &[p0, p1]);

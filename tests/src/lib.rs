@@ -4,9 +4,14 @@
 //! a tensor from row-major `f64` values, read one back) and invoking [`conformance_suite!`]
 //! once; every check below then runs on it:
 //!
-//! - [`golden`]: every golden trajectory (this crate's `golden/*.json`, plus
-//!   `$PROFIT_GOLDEN_DIR/*.json`) replayed call by call, parameters checked at every call and
-//!   `projected` at every main call, with the golden README's tolerances (f64: 1e-10, f32: 1e-4);
+//! - [`golden`]: every golden trajectory (this crate's `golden/*.json` (float64) and
+//!   `golden32/*.json` (float32), plus `$PROFIT_GOLDEN_DIR/*.json`, whose `dtype` field says
+//!   which kind) replayed call by call, parameters checked at every call and `projected` at
+//!   every main call, with the golden READMEs' tolerances: float64 files on f64 backends in
+//!   both delta modes within 1e-10, on f32 backends with the accumulated delta within 1e-4;
+//!   float32 files on f32 backends with the realized delta within 1e-5 (and, for this crate's
+//!   own float32 cases with `lr_main / lr_ref >= 1e3`, the accumulated delta must miss them:
+//!   the cases tell the modes apart);
 //! - [`invariants`]: property tests of the algorithm's invariants;
 //! - [`bad_input`]: every kind of bad input returns its error and changes nothing;
 //! - [`checkpoints`]: save after every call of every golden case, load into a fresh optimizer,
@@ -22,7 +27,15 @@ pub mod checkpoints;
 pub mod golden;
 pub mod invariants;
 
-use profit_core::{Element, TensorOps};
+use profit_core::{Delta, Dtype, Element, ProfitConfig, TensorOps};
+
+/// `realized` / `accumulated`.
+pub fn delta_name(d: Delta) -> &'static str {
+    match d {
+        Delta::Realized => "realized",
+        Delta::Accumulated => "accumulated",
+    }
+}
 
 /// What the suite needs from a backend besides [`TensorOps`].
 pub trait Harness {
@@ -36,39 +49,81 @@ pub trait Harness {
     fn values(&self, t: &<Self::B as TensorOps>::Tensor) -> Vec<f64>;
 }
 
-/// The golden README's tolerance for this backend's element type.
+/// The float64 golden README's tolerance for this backend's element type.
 pub fn tolerance<H: Harness>() -> f64 {
     match <<H::B as TensorOps>::Elem as Element>::DTYPE {
-        "f64" => 1e-10,
-        _ => 1e-4,
+        Dtype::F64 => 1e-10,
+        Dtype::F32 => 1e-4,
     }
 }
 
-/// Replay every golden case; print each case's worst error; panic listing every failure.
+/// The float32 golden README's tolerance (realized delta, f32 backends).
+pub const TOLERANCE_F32_FILES: f64 = 1e-5;
+
+/// Replay every golden case in every delta mode that applies to this backend's element type;
+/// print each replay's worst error; panic listing every failure.
 pub fn golden_all<H: Harness>(h: &H) {
     let files = golden::golden_files().unwrap_or_else(|e| panic!("{e}"));
     assert!(!files.is_empty(), "no golden cases found");
-    let tol = tolerance::<H>();
+    let dtype = <<H::B as TensorOps>::Elem as Element>::DTYPE;
     let mut failures = vec![];
     for f in &files {
-        let case = match golden::GoldenCase::load(f) {
+        let case = match golden::GoldenCase::load(&f.path) {
             Ok(c) => c,
             Err(e) => {
                 failures.push(e);
                 continue;
             }
         };
-        match golden::replay(h, &case, tol) {
-            Ok(s) => println!(
-                "golden {:<28} {:<18} worst param error {:.3e} (tol {:.0e}), worst omega/|d|^2/|g|^2 rel error {:.3e}, {} main calls",
+        let float32 = case.is_float32();
+        let plan: Vec<(Delta, f64)> = match (float32, dtype) {
+            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
+            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
+            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
+            (true, Dtype::F64) => {
+                println!("golden {:<28} {:<18} skipped: a float32 trajectory", case.name, h.label());
+                vec![]
+            }
+        };
+        for (delta, tol) in plan {
+            match golden::replay_with(h, &case, tol, |c| ProfitConfig { delta, ..c }) {
+                Ok(s) => println!(
+                    "golden {:<28} {:<18} {:<11} worst param error {:.3e} (tol {:.0e}), worst omega/|d|^2/|g|^2 rel error {:.3e}, {} main calls",
+                    case.name,
+                    h.label(),
+                    delta_name(delta),
+                    s.worst_param,
+                    tol,
+                    s.worst_stats,
+                    s.main_calls
+                ),
+                Err(e) => failures.push(format!("[{}] {e}", delta_name(delta))),
+            }
+        }
+        if float32 && dtype == Dtype::F32 {
+            // The accumulated delta on a float32 trajectory: how far it misses.
+            let acc = golden::replay_with(h, &case, f64::INFINITY, |c| ProfitConfig {
+                delta: Delta::Accumulated,
+                ..c
+            });
+            let missed = match &acc {
+                Ok(s) => format!("worst param error {:.3e}", s.worst_param),
+                Err(e) => format!("diverged: {e}"),
+            };
+            println!(
+                "golden {:<28} {:<18} accumulated {missed} (tol {:.0e}: must miss when ratio >= 1e3)",
                 case.name,
                 h.label(),
-                s.worst_param,
-                tol,
-                s.worst_stats,
-                s.main_calls
-            ),
-            Err(e) => failures.push(e),
+                TOLERANCE_F32_FILES
+            );
+            let discriminates = acc.map_or(true, |s| s.worst_param > TOLERANCE_F32_FILES);
+            if f.own && case.ratio() >= 1e3 && !discriminates {
+                failures.push(format!(
+                    "{}: the accumulated delta also matches this float32 case (ratio {:e}): it does not tell the modes apart",
+                    case.name,
+                    case.ratio()
+                ));
+            }
         }
     }
     assert!(

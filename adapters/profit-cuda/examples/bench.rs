@@ -24,7 +24,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaStream};
 use profit_core::{
-    Adam, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit, ProfitConfig, Sgd, TensorOps,
+    Adam, Delta, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit, ProfitConfig, Sgd, TensorOps,
     TensorState,
 };
 use profit_cuda::{Cuda, CudaBackend, CudaTensor};
@@ -147,13 +147,14 @@ fn bench_config(
     let sgd = Sgd { lr: 1e-5, ..Default::default() };
     let adam = Adam { lr: 1e-3, ..Default::default() };
 
-    for (what, policy, bytes) in [
-        ("profit cycle", NonFinitePolicy::Propagate, 60.0),
-        ("profit cycle, checked", NonFinitePolicy::Error, 64.0),
+    for (what, policy, delta, bytes) in [
+        ("profit cycle, realized", NonFinitePolicy::Propagate, Delta::Realized, 60.0),
+        ("profit cycle, accumulated", NonFinitePolicy::Propagate, Delta::Accumulated, 60.0),
+        ("profit cycle, realized, checked", NonFinitePolicy::Error, Delta::Realized, 64.0),
     ] {
         let mut params = upload_all(gpu, &lens, pattern)?;
         let grads = upload_all(gpu, &lens, pattern)?;
-        let config = ProfitConfig { non_finite: policy, ..ProfitConfig::new(sgd, adam) };
+        let config = ProfitConfig { non_finite: policy, delta, ..ProfitConfig::new(sgd, adam) };
         let mut opt = Profit::<Cuda<E>>::new(config, &params.iter().collect::<Vec<_>>()).map_err(s)?;
         let mut pr: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
         let gr: Vec<&CudaTensor<E>> = grads.iter().collect();
@@ -188,7 +189,8 @@ fn bench_config(
                 pass: Pass::Plain,
                 rule: inner.rule::<E>(1, adam.lr, 0.0),
                 grad_scale: 1.0,
-                proj: 0.0
+                proj: 0.0,
+                delta_scale: 1.0,
             };
             k
         ];

@@ -20,15 +20,24 @@ pub const REDUCE_CHUNK: u64 = 4096;
 /// Threads per reduction block.
 pub const REDUCE_THREADS: u32 = 256;
 /// Elements per scalar set (`SC_STRIDE` in `profit.cu`).
-pub const SC_STRIDE: usize = 10;
+pub const SC_STRIDE: usize = 12;
 /// `u64` words per tensor descriptor (`struct Desc` in `profit.cu`).
 pub const DESC_WORDS: usize = 10;
 
 /// Element type names, in kernel-table order.
 pub const DTYPES: [&str; 2] = ["f32", "f64"];
-/// Pass names, in kernel-table order (`PLAIN .. MAIN_SUB` in `profit.cu`).
-pub const PASSES: [&str; 6] =
-    ["plain", "ref_first_anchor", "ref_first", "ref_acc", "main_anchor", "main_sub"];
+/// Pass names, in kernel-table order: profit-core's [`Variant`](profit_core::Variant) order
+/// (`PLAIN .. MAIN_REALIZED` in `profit.cu`).
+pub const PASSES: [&str; 8] = [
+    "plain",
+    "ref_first_anchor",
+    "ref_first",
+    "ref_acc",
+    "main_anchor",
+    "main_sub",
+    "ref_anchor",
+    "main_realized",
+];
 /// Rule names, in kernel-table order (`SGD .. RMSPROP` in `profit.cu`).
 pub const RULES: [&str; 5] = ["sgd", "sgdm", "adam", "amsgrad", "rmsprop"];
 /// The final (element-type independent) reduction kernel.
@@ -93,12 +102,33 @@ mod tests {
     }
 
     #[test]
+    fn pass_names_follow_the_core_variants() {
+        assert_eq!(PASSES.len(), profit_core::Variant::ALL.len());
+        for v in profit_core::Variant::ALL {
+            let name = format!("{v:?}");
+            let snake: String = name
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let lower = c.to_ascii_lowercase();
+                    if c.is_ascii_uppercase() && i > 0 {
+                        vec!['_', lower]
+                    } else {
+                        vec![lower]
+                    }
+                })
+                .collect();
+            assert_eq!(PASSES[v as usize], snake, "{v:?}");
+        }
+    }
+
+    #[test]
     fn entry_names_are_distinct() {
         let mut names = entry_points();
         let n = names.len();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
-        assert_eq!(n, 2 * 6 * 5 + 3);
+        assert_eq!(n, 2 * 8 * 5 + 3);
     }
 }

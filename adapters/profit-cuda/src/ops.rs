@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use profit_core::{BackendError, Kernel, Pass, Reduction, Rule, TensorOps, TensorState};
+use profit_core::{BackendError, DeltaView, Kernel, Pass, Reduction, Rule, TensorOps, TensorState, Variant};
 
 use crate::device::{driver_err, ensure, Device, Scratch};
 use crate::kernels::{self, APPLY_CHUNK, APPLY_THREADS, DESC_WORDS, REDUCE_CHUNK, REDUCE_THREADS, SC_STRIDE};
@@ -39,23 +39,12 @@ fn ptr<E>(dev: &Device, t: &CudaTensor<E>) -> u64 {
     p
 }
 
-/// Pass index in [`kernels::PASSES`] order (host.rs's pass codes).
-fn pass_index(pass: Pass, anchor: bool) -> usize {
-    match (pass, anchor) {
-        (Pass::Plain, _) => 0,
-        (Pass::Reference { first: true }, true) => 1,
-        (Pass::Reference { first: true }, false) => 2,
-        (Pass::Reference { first: false }, _) => 3,
-        (Pass::Main, true) => 4,
-        (Pass::Main, false) => 5,
-    }
-}
-
 /// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags.
 fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E; SC_STRIDE], u32) {
-    let mut v = [E::zero(); SC_STRIDE];
+    let mut v = [E::default(); SC_STRIDE];
     v[0] = k.grad_scale;
     v[1] = k.proj;
+    v[10] = k.delta_scale;
     match k.rule {
         Rule::Sgd(r) => {
             v[2] = r.lr;
@@ -138,7 +127,8 @@ fn apply_all<E: CudaElement>(
         if g.len != len {
             return Err(err("apply_all: gradient and parameter lengths differ"));
         }
-        let pass = pass_index(k.pass, st.anchor.is_some());
+        let variant = st.variant(k.pass).ok_or_else(|| err("pass needs an anchor or a delta"))?;
+        let pass = variant as usize;
         let check = |t: &CudaTensor<E>, what: &str| -> Result<(), BackendError> {
             same_dev(&dev, t, what)?;
             if t.len != len {
@@ -146,10 +136,10 @@ fn apply_all<E: CudaElement>(
             }
             Ok(())
         };
-        if pass != 0 {
+        if variant.reads_delta() || variant.writes_delta() {
             check(st.delta.as_ref().ok_or_else(|| err("pass needs delta"))?, "delta")?;
         }
-        if pass == 1 || pass == 4 {
+        if variant.reads_anchor() || variant.writes_anchor() {
             check(st.anchor.as_ref().ok_or_else(|| err("pass needs the anchor"))?, "anchor")?;
         }
         let slots = if matches!(k.pass, Pass::Reference { .. }) { &st.ref_slots } else { &st.main_slots };
@@ -197,7 +187,7 @@ fn apply_all<E: CudaElement>(
             n_sets += 1;
         }
         let st = &states[i];
-        let pass = variant as usize / kernels::RULES.len();
+        let v = Variant::ALL[variant as usize / kernels::RULES.len()];
         let slots =
             if matches!(kernels[i].pass, Pass::Reference { .. }) { &st.ref_slots } else { &st.main_slots };
         let used = kernels[i].rule.slots();
@@ -206,8 +196,16 @@ fn apply_all<E: CudaElement>(
         s.words.extend_from_slice(&[
             ptr(&dev, params[i]),
             ptr(&dev, grads[i]),
-            if pass != 0 { st.delta.as_ref().map_or(0, |t| ptr(&dev, t)) } else { 0 },
-            if pass == 1 || pass == 4 { st.anchor.as_ref().map_or(0, |t| ptr(&dev, t)) } else { 0 },
+            if v.reads_delta() || v.writes_delta() {
+                st.delta.as_ref().map_or(0, |t| ptr(&dev, t))
+            } else {
+                0
+            },
+            if v.reads_anchor() || v.writes_anchor() {
+                st.anchor.as_ref().map_or(0, |t| ptr(&dev, t))
+            } else {
+                0
+            },
             slot(0),
             slot(1),
             slot(2),
@@ -253,12 +251,13 @@ fn apply_all<E: CudaElement>(
 /// Reductions of every active tensor: two launches, three `f64` per tensor back to the host.
 fn reduce_all<E: CudaElement>(
     active: &[bool],
+    params: &[&mut CudaTensor<E>],
     states: Option<&[TensorState<CudaTensor<E>>]>,
     grads: &[&CudaTensor<E>],
     out: &mut [Reduction],
 ) -> Result<(), BackendError> {
     let n = active.len();
-    if grads.len() != n || out.len() != n || states.is_some_and(|s| s.len() != n) {
+    if grads.len() != n || params.len() != n || out.len() != n || states.is_some_and(|s| s.len() != n) {
         return Err(err("reduce_all: argument counts differ"));
     }
     out.fill(Reduction::default());
@@ -272,30 +271,14 @@ fn reduce_all<E: CudaElement>(
     for i in (0..n).filter(|&i| active[i]) {
         let g = grads[i];
         same_dev(&dev, g, "a gradient")?;
-        let delta = states.and_then(|st| st[i].delta.as_ref());
-        if let Some(d) = delta {
-            same_dev(&dev, d, "delta")?;
-            if d.len != g.len {
-                return Err(err("reduce_all: delta and gradient lengths differ"));
-            }
-        }
+        let delta = states.map_or(DeltaView::None, |st| st[i].delta_view(&*params[i]));
+        let words = delta_words(&dev, delta, g)?;
         if g.len == 0 {
             continue;
         }
         s.entries.push((0, i as u32));
         let len = g.len as u64;
-        s.words.extend_from_slice(&[
-            0,
-            ptr(&dev, g),
-            delta.map_or(0, |d| ptr(&dev, d)),
-            0,
-            0,
-            0,
-            0,
-            len,
-            blocks,
-            0,
-        ]);
+        s.words.extend_from_slice(&[words[0], words[1], words[2], words[3], 0, 0, 0, len, blocks, 0]);
         blocks += len.div_ceil(REDUCE_CHUNK);
     }
     if s.entries.is_empty() {
@@ -332,18 +315,6 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
         t.backend().zeros(&t.shape)
     }
 
-    fn copy(dst: &mut CudaTensor<E>, src: &CudaTensor<E>) -> Result<(), BackendError> {
-        same_dev(&dst.dev, src, "the copy source")?;
-        if dst.len != src.len {
-            return Err(err("copy: lengths differ"));
-        }
-        if src.len == 0 {
-            return Ok(());
-        }
-        let dev = dst.dev.clone();
-        dev.stream.memcpy_dtod(&src.view(), &mut dst.view_mut()).map_err(driver_err)
-    }
-
     fn read(t: &CudaTensor<E>, out: &mut [E]) -> Result<(), BackendError> {
         t.copy_to_host(out)
     }
@@ -352,7 +323,7 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
         t.copy_from_host(src)
     }
 
-    fn reduce(delta: Option<&CudaTensor<E>>, grad: &CudaTensor<E>) -> Result<Reduction, BackendError> {
+    fn reduce(delta: DeltaView<'_, CudaTensor<E>>, grad: &CudaTensor<E>) -> Result<Reduction, BackendError> {
         reduce_one(delta, grad)
     }
 
@@ -367,11 +338,12 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
 
     fn reduce_all(
         active: &[bool],
+        params: &[&mut CudaTensor<E>],
         states: Option<&[TensorState<CudaTensor<E>>]>,
         grads: &[&CudaTensor<E>],
         out: &mut [Reduction],
     ) -> Result<(), BackendError> {
-        reduce_all(active, states, grads, out)
+        reduce_all(active, params, states, grads, out)
     }
 
     fn apply_all(
@@ -385,18 +357,37 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
     }
 }
 
-/// `reduce(delta, grad)` for one tensor (a borrowed delta cannot go into a TensorState).
+/// The first four descriptor words of a reduction over `grad` with `delta`: `p` (realized),
+/// `g`, `d` (stored) and `a` (realized); checked to live on `grad`'s device with its length.
+fn delta_words<E: CudaElement>(
+    dev: &Arc<Device>,
+    delta: DeltaView<'_, CudaTensor<E>>,
+    grad: &CudaTensor<E>,
+) -> Result<[u64; 4], BackendError> {
+    same_dev(dev, grad, "a gradient")?;
+    let check = |t: &CudaTensor<E>, what: &str| -> Result<u64, BackendError> {
+        same_dev(dev, t, what)?;
+        if t.len != grad.len {
+            return Err(err(format!("reduce: {what} and gradient lengths differ")));
+        }
+        Ok(ptr(dev, t))
+    };
+    Ok(match delta {
+        DeltaView::None => [0, ptr(dev, grad), 0, 0],
+        DeltaView::Stored(d) => [0, ptr(dev, grad), check(d, "delta")?, 0],
+        DeltaView::Realized { param, anchor } => {
+            [check(param, "parameter")?, ptr(dev, grad), 0, check(anchor, "anchor")?]
+        }
+    })
+}
+
+/// `reduce(delta, grad)` for one tensor.
 fn reduce_one<E: CudaElement>(
-    delta: Option<&CudaTensor<E>>,
+    delta: DeltaView<'_, CudaTensor<E>>,
     grad: &CudaTensor<E>,
 ) -> Result<Reduction, BackendError> {
     let dev = grad.dev.clone();
-    if let Some(d) = delta {
-        same_dev(&dev, d, "delta")?;
-        if d.len != grad.len {
-            return Err(err("reduce: delta and gradient lengths differ"));
-        }
-    }
+    let w = delta_words(&dev, delta, grad)?;
     if grad.len == 0 {
         return Ok(Reduction::default());
     }
@@ -404,19 +395,9 @@ fn reduce_one<E: CudaElement>(
     let s = &mut *guard;
     let len = grad.len as u64;
     s.words.clear();
-    s.words.extend_from_slice(&[
-        0,
-        ptr(&dev, grad),
-        delta.map_or(0, |d| ptr(&dev, d)),
-        0,
-        0,
-        0,
-        0,
-        len,
-        0,
-        0,
-    ]);
-    launch_reductions::<E>(&dev, s, 1 + delta.is_some() as usize, 1, len.div_ceil(REDUCE_CHUNK))?;
+    s.words.extend_from_slice(&[w[0], w[1], w[2], w[3], 0, 0, 0, len, 0, 0]);
+    let which = if matches!(delta, DeltaView::None) { 1 } else { 2 };
+    launch_reductions::<E>(&dev, s, which, 1, len.div_ceil(REDUCE_CHUNK))?;
     let r = &s.out_host[..3];
     Ok(Reduction { omega: r[0], delta_sq: r[1], grad_sq: r[2] })
 }

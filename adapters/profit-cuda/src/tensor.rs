@@ -8,7 +8,7 @@ use profit_core::{BackendError, Element};
 use crate::device::{driver_err, Device};
 
 /// An element type the CUDA kernels are compiled for (`f32`, `f64`).
-pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits + Unpin {
+pub trait CudaElement: Element<Real = Self> + DeviceRepr + ValidAsZeroBits + Unpin {
     /// Index of the type in [`kernels::DTYPES`](crate::kernels::DTYPES).
     const DTYPE_INDEX: usize;
 }
@@ -89,7 +89,7 @@ impl<E: CudaElement> CudaTensor<E> {
 
     /// The elements as a host vector.
     pub fn to_vec(&self) -> Result<Vec<E>, BackendError> {
-        let mut v = vec![E::zero(); self.len];
+        let mut v = vec![E::default(); self.len];
         self.copy_to_host(&mut v)?;
         Ok(v)
     }

@@ -8,9 +8,10 @@
 
 use ndarray::{ArrayD, IxDyn};
 use profit_core::host::reduce_slices;
+use profit_core::host::DeltaSlices;
 use profit_core::{
-    Adam, AdamW, Element, InnerConfig, Kernel, Pass, Plain, Profit, ProfitConfig, Projection, Reduction,
-    Restore, RmsProp, Sgd, TensorOps, TensorState,
+    Adam, AdamW, Delta, DeltaView, Element, InnerConfig, Kernel, Pass, Plain, Profit, ProfitConfig,
+    Projection, Reduction, Restore, RmsProp, Sgd, TensorOps, TensorState,
 };
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 use profit_ndarray::NdArray;
@@ -53,7 +54,7 @@ fn dev<E: CudaElement>(g: &CudaBackend, shape: &[usize], v: &[f64]) -> CudaTenso
 
 /// Bit patterns, every NaN counted as one (payloads and signs of NaN differ between CPUs and GPUs).
 fn bits<E: Element>(v: &[E]) -> Vec<u64> {
-    v.iter().map(|x| if x.is_nan() { u64::MAX } else { x.as_f64().to_bits() }).collect()
+    v.iter().map(|x| if x.as_f64().is_nan() { u64::MAX } else { x.as_f64().to_bits() }).collect()
 }
 
 fn assert_same<E: CudaElement>(what: &str, d: &CudaTensor<E>, h: &ArrayD<E>) {
@@ -132,10 +133,16 @@ fn plain_optimizers_match_host_bitwise() {
 fn profit_configs() -> Vec<ProfitConfig> {
     let base =
         ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    let acc = ProfitConfig { delta: Delta::Accumulated, ..base };
     vec![
         base,
+        acc,
         ProfitConfig { projection: Projection::PerTensor, ..base },
-        ProfitConfig { restore: Restore::Subtract, ..base },
+        ProfitConfig { projection: Projection::PerTensor, ..acc },
+        ProfitConfig { restore: Restore::Subtract, ..acc },
+        // Reference steps far below the f32 spacing of the weights: the realized delta is
+        // mostly rounding, and the GPU must round it exactly as the host.
+        ProfitConfig::new(Sgd { lr: 1e-9, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() }),
         ProfitConfig { n_ref: 2, warmup_steps: 2, ..base },
         ProfitConfig { max_grad_norm: Some(0.5), ..base },
         ProfitConfig::new(
@@ -225,23 +232,25 @@ fn many_tensors_and_a_large_one_in_one_launch() {
     let mut shapes: Vec<Vec<usize>> = (0..1000).map(|i| vec![1 + (i * 37) % 300]).collect();
     shapes.push(vec![(g.sm_count() as usize * 8 + 5) * 1024 + 17]);
     let init: Vec<Vec<f64>> = shapes.iter().enumerate().map(|(i, s)| data(i as u64, s[0])).collect();
-    let mut hp: Vec<ArrayD<f32>> = shapes.iter().zip(&init).map(|(s, v)| host(s, v)).collect();
-    let mut dp: Vec<CudaTensor<f32>> = shapes.iter().zip(&init).map(|(s, v)| dev(&g, s, v)).collect();
-    let config = ProfitConfig { restore: Restore::Anchor, ..Default::default() };
-    let mut ho = Profit::<NdArray<f32>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host");
-    let mut dopt = Profit::<Cuda<f32>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("cuda");
-    for call in 0..4u64 {
-        let grads: Vec<Vec<f64>> =
-            shapes.iter().enumerate().map(|(i, s)| data(call * 7919 + i as u64, s[0])).collect();
-        let hg: Vec<ArrayD<f32>> = shapes.iter().zip(&grads).map(|(s, v)| host(s, v)).collect();
-        let dg: Vec<CudaTensor<f32>> = shapes.iter().zip(&grads).map(|(s, v)| dev(&g, s, v)).collect();
-        ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &hg.iter().collect::<Vec<_>>()).expect("host");
-        dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &dg.iter().collect::<Vec<_>>()).expect("cuda");
-        for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
-            if call == 0 {
-                assert_same(&format!("call {call} tensor {i}"), d, h);
-            } else {
-                assert_close(&format!("call {call} tensor {i}"), d, h, 1e-5);
+    for delta in [Delta::Realized, Delta::Accumulated] {
+        let mut hp: Vec<ArrayD<f32>> = shapes.iter().zip(&init).map(|(s, v)| host(s, v)).collect();
+        let mut dp: Vec<CudaTensor<f32>> = shapes.iter().zip(&init).map(|(s, v)| dev(&g, s, v)).collect();
+        let config = ProfitConfig { delta, ..Default::default() };
+        let mut ho = Profit::<NdArray<f32>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host");
+        let mut dopt = Profit::<Cuda<f32>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("cuda");
+        for call in 0..4u64 {
+            let grads: Vec<Vec<f64>> =
+                shapes.iter().enumerate().map(|(i, s)| data(call * 7919 + i as u64, s[0])).collect();
+            let hg: Vec<ArrayD<f32>> = shapes.iter().zip(&grads).map(|(s, v)| host(s, v)).collect();
+            let dg: Vec<CudaTensor<f32>> = shapes.iter().zip(&grads).map(|(s, v)| dev(&g, s, v)).collect();
+            ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &hg.iter().collect::<Vec<_>>()).expect("host");
+            dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &dg.iter().collect::<Vec<_>>()).expect("cuda");
+            for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
+                if call == 0 {
+                    assert_same(&format!("{delta:?} call {call} tensor {i}"), d, h);
+                } else {
+                    assert_close(&format!("{delta:?} call {call} tensor {i}"), d, h, 1e-5);
+                }
             }
         }
     }
@@ -274,9 +283,11 @@ fn mixed_passes_and_rules_in_one_call_match_host_bitwise() {
         let shape = [n];
         let pass = passes[t % passes.len()];
         let inner = rules[t % rules.len()];
-        let with_anchor = t % 3 != 0;
+        // Every state layout: anchor and delta, delta only, anchor only (realized delta).
+        let (with_anchor, with_delta) = [(true, true), (false, true), (true, false)][t % 3];
         let rule = inner.rule::<f32>(1 + (t as u64 % 3), inner.lr(), inner.weight_decay());
-        hk.push(Kernel { pass, rule, grad_scale: 0.75f32, proj: if t % 2 == 0 { -0.3 } else { 0.0 } });
+        let (proj, delta_scale) = if t % 2 == 0 { (-0.3, 1024.0) } else { (0.0, 1.0) };
+        hk.push(Kernel { pass, rule, grad_scale: 0.75f32, proj, delta_scale });
         let [a, d, s0, s1, s2] = state_values(1000 + t as u64 * 10, n);
         let p = data(t as u64, n);
         let gr = data(t as u64 + 500, n);
@@ -294,13 +305,13 @@ fn mixed_passes_and_rules_in_one_call_match_host_bitwise() {
         };
         hs.push(TensorState {
             anchor: with_anchor.then(|| host(&shape, &a)),
-            delta: Some(host(&shape, &d)),
+            delta: with_delta.then(|| host(&shape, &d)),
             ref_slots: href,
             main_slots: hmain,
         });
         ds.push(TensorState {
             anchor: with_anchor.then(|| dev(&g, &shape, &a)),
-            delta: Some(dev(&g, &shape, &d)),
+            delta: with_delta.then(|| dev(&g, &shape, &d)),
             ref_slots: dref,
             main_slots: dmain,
         });
@@ -325,7 +336,9 @@ fn mixed_passes_and_rules_in_one_call_match_host_bitwise() {
     for t in 0..n_tensors {
         let what = format!("tensor {t} ({:?}, {:?}, active {})", hk[t].pass, hk[t].rule, active[t]);
         assert_same(&format!("{what} param"), &dp[t], &hp[t]);
-        assert_same(&format!("{what} delta"), ds[t].delta.as_ref().unwrap(), hs[t].delta.as_ref().unwrap());
+        if let (Some(d), Some(h)) = (&ds[t].delta, &hs[t].delta) {
+            assert_same(&format!("{what} delta"), d, h);
+        }
         if let (Some(d), Some(h)) = (&ds[t].anchor, &hs[t].anchor) {
             assert_same(&format!("{what} anchor"), d, h);
         }
@@ -345,41 +358,55 @@ fn reductions<E: CudaElement>(g: &CudaBackend) {
     let sizes = [1usize, 4095, 4096, 4097, 100_000, (1 << 20) + 3];
     let ds: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 1, n)).collect();
     let gs: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 77, n)).collect();
-    let grads: Vec<CudaTensor<E>> = sizes.iter().zip(&gs).map(|(&n, v)| dev(g, &[n], v)).collect();
-    let states: Vec<TensorState<CudaTensor<E>>> = sizes
+    // Parameters near 1 and anchors a small step away: the realized delta `p - a`.
+    let ps: Vec<Vec<f64>> = ds.iter().map(|d| d.iter().map(|x| 1.0 + 0.5 * x).collect()).collect();
+    let anchors: Vec<Vec<f64>> = ps
         .iter()
         .zip(&ds)
-        .map(|(&n, v)| TensorState {
-            anchor: None,
-            delta: Some(dev(g, &[n], v)),
-            ref_slots: vec![],
-            main_slots: vec![],
-        })
+        .map(|(p, d)| p.iter().zip(d).map(|(p, d)| p - 1e-5 * (0.5 + d.abs()) * d.signum()).collect())
         .collect();
+    let grads: Vec<CudaTensor<E>> = sizes.iter().zip(&gs).map(|(&n, v)| dev(g, &[n], v)).collect();
+    let mut params: Vec<CudaTensor<E>> = sizes.iter().zip(&ps).map(|(&n, v)| dev(g, &[n], v)).collect();
+    let state = |i: usize, realized: bool| TensorState {
+        anchor: realized.then(|| dev(g, &[sizes[i]], &anchors[i])),
+        delta: (!realized).then(|| dev(g, &[sizes[i]], &ds[i])),
+        ref_slots: vec![],
+        main_slots: vec![],
+    };
     let active = vec![true; sizes.len()];
     let gref: Vec<&CudaTensor<E>> = grads.iter().collect();
-    let mut a = vec![Reduction::default(); sizes.len()];
-    let mut b = vec![Reduction::default(); sizes.len()];
-    Cuda::<E>::reduce_all(&active, Some(&states), &gref, &mut a).expect("reduce");
-    Cuda::<E>::reduce_all(&active, Some(&states), &gref, &mut b).expect("reduce again");
-    assert_eq!(a, b, "reductions are not deterministic");
-    let mut c = vec![Reduction::default(); sizes.len()];
-    Cuda::<E>::reduce_all(&active, None, &gref, &mut c).expect("grad-only reduce");
-    for i in 0..sizes.len() {
-        let (d, gv): (Vec<E>, Vec<E>) = (cast(&ds[i]), cast(&gs[i]));
-        let h = reduce_slices(Some(&d), &gv);
-        for (x, y) in [(a[i].omega, h.omega), (a[i].delta_sq, h.delta_sq), (a[i].grad_sq, h.grad_sq)] {
-            assert!(
-                (x - y).abs() <= 1e-12 * y.abs().max(1e-300),
-                "{} size {}: {x} vs host {y}",
-                E::DTYPE,
-                sizes[i]
-            );
+    for realized in [false, true] {
+        let states: Vec<TensorState<CudaTensor<E>>> = (0..sizes.len()).map(|i| state(i, realized)).collect();
+        let pref: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
+        let mut a = vec![Reduction::default(); sizes.len()];
+        let mut b = vec![Reduction::default(); sizes.len()];
+        Cuda::<E>::reduce_all(&active, &pref, Some(&states), &gref, &mut a).expect("reduce");
+        Cuda::<E>::reduce_all(&active, &pref, Some(&states), &gref, &mut b).expect("reduce again");
+        assert_eq!(a, b, "reductions are not deterministic");
+        let mut c = vec![Reduction::default(); sizes.len()];
+        Cuda::<E>::reduce_all(&active, &pref, None, &gref, &mut c).expect("grad-only reduce");
+        for i in 0..sizes.len() {
+            let (d, gv, pv, av): (Vec<E>, Vec<E>, Vec<E>, Vec<E>) =
+                (cast(&ds[i]), cast(&gs[i]), cast(&ps[i]), cast(&anchors[i]));
+            let h = if realized {
+                reduce_slices(DeltaSlices::Realized { param: &pv, anchor: &av }, &gv)
+            } else {
+                reduce_slices(DeltaSlices::Stored(&d), &gv)
+            };
+            assert!(h.delta_sq > 0.0);
+            for (x, y) in [(a[i].omega, h.omega), (a[i].delta_sq, h.delta_sq), (a[i].grad_sq, h.grad_sq)] {
+                assert!(
+                    (x - y).abs() <= 1e-12 * y.abs().max(1e-300),
+                    "{} size {} realized {realized}: {x} vs host {y}",
+                    E::DTYPE,
+                    sizes[i]
+                );
+            }
+            assert_eq!(c[i].grad_sq.to_bits(), a[i].grad_sq.to_bits(), "grad-only |g|^2 differs");
+            assert_eq!((c[i].omega, c[i].delta_sq), (0.0, 0.0));
+            let one = Cuda::<E>::reduce(states[i].delta_view(&*pref[i]), &grads[i]).expect("reduce one");
+            assert_eq!(one, a[i], "reduce and reduce_all differ");
         }
-        assert_eq!(c[i].grad_sq.to_bits(), a[i].grad_sq.to_bits(), "grad-only |g|^2 differs");
-        assert_eq!((c[i].omega, c[i].delta_sq), (0.0, 0.0));
-        let one = Cuda::<E>::reduce(states[i].delta.as_ref(), &grads[i]).expect("reduce one");
-        assert_eq!(one, a[i], "reduce and reduce_all differ");
     }
 }
 
@@ -397,7 +424,7 @@ fn non_finite_gradient_shows_in_grad_sq() {
         let mut v = vec![0.5f32; 50_000];
         v[31_337] = bad;
         let t = g.upload(&[50_000], &v).expect("upload");
-        let r = Cuda::<f32>::reduce(None, &t).expect("reduce");
+        let r = Cuda::<f32>::reduce(DeltaView::None, &t).expect("reduce");
         assert!(!r.grad_sq.is_finite(), "{bad}: |g|^2 = {}", r.grad_sq);
     }
     // And the optimizer refuses the step, changing nothing.
@@ -413,10 +440,12 @@ fn copies_and_empty_tensors() {
     let Some(g) = gpu() else { return };
     let a = g.upload(&[2, 3], &[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("upload");
     let mut b = Cuda::<f64>::zeros_like(&a).expect("zeros");
-    Cuda::<f64>::copy(&mut b, &a).expect("copy");
+    let mut host = vec![0.0f64; 6];
+    Cuda::<f64>::read(&a, &mut host).expect("read");
+    Cuda::<f64>::write(&mut b, &host).expect("write");
     assert_eq!(b.to_vec().expect("download"), a.to_vec().expect("download"));
     assert!(g.upload(&[2, 2], &[1.0f64; 3]).is_err(), "a wrong-length upload must be refused");
     let e = g.zeros::<f32>(&[0, 4]).expect("empty");
     assert!(e.is_empty());
-    assert_eq!(Cuda::<f32>::reduce(None, &e).expect("reduce"), Reduction::default());
+    assert_eq!(Cuda::<f32>::reduce(DeltaView::None, &e).expect("reduce"), Reduction::default());
 }

@@ -25,7 +25,7 @@ use std::marker::PhantomData;
 use nalgebra::{DMatrix, DVector};
 use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
-use profit_core::Element;
+use profit_core::{Element, StorageOrder};
 
 /// The nalgebra matrix backend marker: tensors are `DMatrix<E>`.
 pub struct Nalgebra<E>(PhantomData<E>);
@@ -37,7 +37,7 @@ impl<E: Element + nalgebra::Scalar> HostBackend for Nalgebra<E> {
     type Elem = E;
     type Tensor = DMatrix<E>;
     const NAME: &'static str = "nalgebra";
-    const STORAGE_ORDER: &'static str = "column-major";
+    const STORAGE_ORDER: StorageOrder = StorageOrder::ColumnMajor;
 
     fn shape(t: &DMatrix<E>) -> Vec<usize> {
         vec![t.nrows(), t.ncols()]
@@ -46,7 +46,7 @@ impl<E: Element + nalgebra::Scalar> HostBackend for Nalgebra<E> {
         shape == [t.nrows(), t.ncols()]
     }
     fn zeros_like(t: &DMatrix<E>) -> DMatrix<E> {
-        DMatrix::from_element(t.nrows(), t.ncols(), E::zero())
+        DMatrix::from_element(t.nrows(), t.ncols(), E::default())
     }
     fn as_slice(t: &DMatrix<E>) -> Result<&[E], BackendError> {
         Ok(t.as_slice())
@@ -68,7 +68,7 @@ impl<E: Element + nalgebra::Scalar> HostBackend for NalgebraVector<E> {
         shape == [t.len()]
     }
     fn zeros_like(t: &DVector<E>) -> DVector<E> {
-        DVector::from_element(t.len(), E::zero())
+        DVector::from_element(t.len(), E::default())
     }
     fn as_slice(t: &DVector<E>) -> Result<&[E], BackendError> {
         Ok(t.as_slice())

@@ -39,7 +39,7 @@ impl<E: Element> HostBackend for NdArray<E> {
         t.shape() == shape
     }
     fn zeros_like(t: &ArrayD<E>) -> ArrayD<E> {
-        ArrayD::zeros(t.raw_dim())
+        ArrayD::from_elem(t.raw_dim(), E::default())
     }
     fn as_slice(t: &ArrayD<E>) -> Result<&[E], BackendError> {
         t.as_slice().ok_or(BackendError::NotContiguous)

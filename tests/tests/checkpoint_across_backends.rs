@@ -4,12 +4,18 @@
 use nalgebra::DMatrix;
 use ndarray::{ArrayD, IxDyn};
 use profit_core::host::{VecBackend, VecTensor};
-use profit_core::{Adam, Profit, ProfitConfig, ProfitError, Sgd};
+use profit_core::{Adam, Delta, Profit, ProfitConfig, ProfitError, Sgd};
 use profit_nalgebra::Nalgebra;
 use profit_ndarray::NdArray;
 
 fn config() -> ProfitConfig {
-    ProfitConfig::new(Sgd { lr: 1e-3, momentum: 0.9, ..Sgd::default() }, Adam { lr: 1e-2, ..Adam::default() })
+    ProfitConfig {
+        delta: Delta::Accumulated,
+        ..ProfitConfig::new(
+            Sgd { lr: 1e-3, momentum: 0.9, ..Sgd::default() },
+            Adam { lr: 1e-2, ..Adam::default() },
+        )
+    }
 }
 
 #[test]
@@ -30,13 +36,15 @@ fn row_major_backends_share_checkpoints_and_column_major_is_refused() {
     assert_eq!(vec_opt.calls(), 3);
     let delta_nd: Vec<f32> = nd.delta(0).unwrap().iter().copied().collect();
     assert_eq!(vec_opt.delta(0).unwrap().data, delta_nd);
+    let anchor_nd: Vec<f32> = nd.anchor(0).unwrap().iter().copied().collect();
+    assert_eq!(vec_opt.anchor(0).unwrap().data, anchor_nd);
 
     // ndarray -> nalgebra (column-major): refused, nothing changed.
     let m = DMatrix::<f32>::zeros(2, 3);
     let mut na = Profit::<Nalgebra<f32>>::with_names(config(), &[("w", &m)]).unwrap();
     let before = na.save_checkpoint().unwrap();
     match na.load_checkpoint(&bytes) {
-        Err(ProfitError::Checkpoint(msg)) => assert!(msg.contains("column-major"), "{msg}"),
+        Err(ProfitError::Checkpoint(msg)) => assert!(msg.contains("ColumnMajor"), "{msg}"),
         other => panic!("expected a storage-order refusal, got {other:?}"),
     }
     assert_eq!(na.save_checkpoint().unwrap(), before);

@@ -6,7 +6,7 @@
 //!
 //! Throughput is reported in bytes moved as the code moves them (see `profit bench`): 64, 60 and
 //! 32 bytes per parameter; a copy of N bytes counts 2N. Sizes default to 1M parameters;
-//! `PROFIT_BENCH_SIZES=1000000,16000000 cargo bench -p profit-core` runs others.
+//! `PROFIT_BENCH_SIZES=1000000,16000000 cargo bench -p profit-cli` runs others.
 //!
 //! `profit bench` (the CLI) is the measurement of record: it samples the copy bandwidth between
 //! repetitions and prints the ratios. This file is for `cargo bench` comparisons across commits.
