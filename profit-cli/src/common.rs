@@ -64,6 +64,24 @@ pub fn normal<R: Rng>(rng: &mut R) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// PROFIT's delta mode on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaArg {
+    /// `theta' - anchor`, the difference of the stored weights (the library's default).
+    Realized,
+    /// The sum of the reference updates as computed.
+    Accumulated,
+}
+
+impl From<DeltaArg> for profit_core::Delta {
+    fn from(d: DeltaArg) -> Self {
+        match d {
+            DeltaArg::Realized => profit_core::Delta::Realized,
+            DeltaArg::Accumulated => profit_core::Delta::Accumulated,
+        }
+    }
+}
+
 /// The output options `toy` and `digits` share.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Output {

@@ -1,13 +1,18 @@
 //! `profit digits`: does PROFIT keep what a model knew, on real data?
 //!
 //! Data: the UCI handwritten digits (8x8 images, 1797 of them; `profit-cli/data/README.md`).
-//! One fixed shuffle (seed 12345) splits them into 1,257 training and 540 test images.
+//! One fixed shuffle (seed 12345) splits them into 1,258 training and 539 test images.
 //!
 //! Task design: pre-train a 64-128-128-10 MLP (ReLU) with Adam on the images as they are (the
-//! *old* task), then fine-tune it on the *transposed* images (the *new* task: same labels, a
-//! nearby but conflicting input domain). Report test accuracy on both after fine-tuning with
-//! plain SGD, plain Adam, and PROFIT (SGD reference, Adam main). All inner optimizers use
-//! PyTorch's formulas (profit-core); seeds vary the initialization and the batch order.
+//! *old* task), then fine-tune it on a shifted input domain with the same labels (the *new*
+//! task): `--task transposed` (rows and columns swapped: a distant, conflicting domain) or
+//! `--task proximal` (rotated 15 degrees and moved one pixel: a nearby domain, what the paper
+//! targets). Report test accuracy on both after fine-tuning with plain SGD, plain Adam, and
+//! PROFIT (SGD reference, Adam main). All inner optimizers use PyTorch's formulas
+//! (profit-core); seeds vary the initialization and the batch order.
+//!
+//! `--sweep` runs delta mode x `lr_main / lr_ref` x batch, each against full fine-tuning with
+//! Adam (same batches and same main steps), head-only Adam, SGD and the `lr_ref = 0` control.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +23,7 @@ use dfdx::prelude::{
     Tensor, TensorFromVec, Trace, ZeroGrads,
 };
 use flate2::read::GzDecoder;
-use profit_core::{Adam, InnerConfig, Phase, ProfitConfig, Sgd};
+use profit_core::{Adam, Delta, InnerConfig, ProfitConfig, Sgd};
 use profit_dfdx::{DfdxPlain, DfdxProfit};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -26,10 +31,24 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::common::{bar, fmt, write_json, Spread};
+use crate::arms::{pareto, print_table, Arm, Kind, Metrics, ProjStats, SeedResult, Summary};
+use crate::common::{bar, fmt, write_json, DeltaArg};
 use crate::plot;
 
 static DIGITS_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
+
+/// The new task's input domain.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Rows and columns swapped.
+    Transposed,
+    /// Rotated 15 degrees and moved one pixel right.
+    Proximal,
+}
+
+/// The proximal task's rotation.
+const PROXIMAL_DEGREES: f64 = 15.0;
 
 /// Arguments of `profit digits`.
 #[derive(clap::Args, Debug)]
@@ -37,6 +56,9 @@ pub struct Args {
     /// CI smoke test: 200 pre-training and 40 fine-tuning steps, 2 seeds.
     #[arg(long)]
     quick: bool,
+    /// The new task: `transposed` (default) or `proximal`.
+    #[arg(long, value_enum, default_value_t = Task::Transposed)]
+    task: Task,
     /// Number of seeds (default 5; 2 with --quick).
     #[arg(long)]
     seeds: Option<u64>,
@@ -49,7 +71,7 @@ pub struct Args {
     /// Fine-tuning steps (default 400).
     #[arg(long)]
     finetune_steps: Option<usize>,
-    /// Batch size.
+    /// Fine-tuning batch size (pre-training always uses 64).
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Fine-tuning learning rate of Adam and of PROFIT's main (Adam) optimizer.
@@ -59,8 +81,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0.05)]
     sgd_lr: f64,
     /// PROFIT's lr_main / lr_ref.
-    #[arg(long, default_value_t = 1e4)]
+    #[arg(long, default_value_t = DEFAULT_RATIO)]
     ratio: f64,
+    /// PROFIT's delta: `realized` (theta' - anchor, the default) or `accumulated`.
+    #[arg(long, value_enum, default_value_t = DeltaArg::Realized)]
+    delta: DeltaArg,
     /// Read the data from this gzip CSV instead of the embedded copy.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -70,26 +95,41 @@ pub struct Args {
     /// steps on every other batch).
     #[arg(long)]
     control: bool,
+    /// Run the sweep instead: delta {realized, accumulated} x ratio {10, 1e2, 1e3, 1e4, 1e5} x
+    /// batch {32, 128}, each against Adam (same batches and same main steps), head-only Adam,
+    /// SGD and the lr_ref = 0 control; writes old-vs-new scatter plots.
+    #[arg(long, conflicts_with_all = ["control", "ratio", "delta"])]
+    sweep: bool,
 }
+
+/// The default `lr_main / lr_ref` of `profit digits`.
+pub const DEFAULT_RATIO: f64 = 1e4;
+const SWEEP_RATIOS: [f64; 5] = [10.0, 1e2, 1e3, 1e4, 1e5];
+const SWEEP_BATCHES: [usize; 2] = [32, 128];
+const PRETRAIN_BATCH: usize = 64;
 
 /// The resolved settings of a run.
 #[derive(Clone, Debug, Serialize)]
 struct Settings {
     preset: &'static str,
     net: &'static str,
+    task: Task,
     old_task: &'static str,
     new_task: &'static str,
     split: &'static str,
     seeds: Vec<u64>,
     pretrain_steps: usize,
+    pretrain_batch: usize,
     pretrain_optimizer: &'static str,
     finetune_steps: usize,
     batch: usize,
     adam_lr: f64,
     sgd_lr: f64,
     profit_ratio: f64,
+    profit_delta: &'static str,
     profit: &'static str,
     control_arm: bool,
+    sweep: bool,
 }
 
 const PIXELS: usize = 64;
@@ -108,6 +148,45 @@ impl Set {
     fn len(&self) -> usize {
         self.y.len()
     }
+    /// The images moved to the new task's domain.
+    fn shifted(&self, task: Task) -> Set {
+        match task {
+            Task::Transposed => self.transposed(),
+            Task::Proximal => self.rotated_shifted(PROXIMAL_DEGREES, 1.0),
+        }
+    }
+
+    /// Each image rotated by `degrees` (counter-clockwise) about its centre and moved `dx`
+    /// pixels to the right, sampled bilinearly (outside the image: 0).
+    fn rotated_shifted(&self, degrees: f64, dx: f64) -> Set {
+        let (sin, cos) = degrees.to_radians().sin_cos();
+        let c = 3.5;
+        let mut x = vec![0.0f32; self.x.len()];
+        for (dst, src) in x.chunks_mut(PIXELS).zip(self.x.chunks(PIXELS)) {
+            let at = |r: isize, col: isize| -> f64 {
+                if (0..8).contains(&r) && (0..8).contains(&col) {
+                    src[r as usize * 8 + col as usize] as f64
+                } else {
+                    0.0
+                }
+            };
+            for r in 0..8 {
+                for col in 0..8 {
+                    // Output pixel (r, col) takes the source at the inverse transform.
+                    let (u, v) = (col as f64 - c - dx, r as f64 - c);
+                    let (sc, sr) = (cos * u - sin * v + c, sin * u + cos * v + c);
+                    let (c0, r0) = (sc.floor(), sr.floor());
+                    let (fc, fr) = (sc - c0, sr - r0);
+                    let (c0, r0) = (c0 as isize, r0 as isize);
+                    let v = (1.0 - fr) * ((1.0 - fc) * at(r0, c0) + fc * at(r0, c0 + 1))
+                        + fr * ((1.0 - fc) * at(r0 + 1, c0) + fc * at(r0 + 1, c0 + 1));
+                    dst[r * 8 + col] = v as f32;
+                }
+            }
+        }
+        Set { x, y: self.y.clone() }
+    }
+
     fn transposed(&self) -> Set {
         let mut x = self.x.clone();
         for (dst, src) in x.chunks_mut(PIXELS).zip(self.x.chunks(PIXELS)) {
@@ -219,30 +298,86 @@ fn grads_of(m: &mut Net, grads: Gradients<f32, Cpu>, x: Images, y: OneHot) -> Gr
     cross_entropy_with_logits_loss(m.forward_mut(x.traced(grads)), y).backward()
 }
 
-enum Opt {
-    Plain(Box<DfdxPlain<Net>>),
+fn adam(lr: f64) -> InnerConfig {
+    InnerConfig::Adam(Adam { lr, ..Default::default() })
+}
+
+/// The optimizer of one arm.
+enum Trainer {
+    /// A plain optimizer on every parameter.
+    Full(Box<DfdxPlain<Net>>),
+    /// Adam on the last layer only.
+    Head(Box<DfdxPlain<Lin<128, CLASSES, f32, Cpu>>>),
+    /// PROFIT (SGD reference, Adam main).
     Profit(Box<DfdxProfit<Net>>),
 }
 
-/// Train `m` for `steps` steps on `data`; returns `(step, old acc, new acc)` every few steps
-/// when `curve` holds the test sets.
+impl Trainer {
+    fn new(s: &Settings, arm: &Arm, m: &Net) -> Result<Self, String> {
+        let e = |e: profit_dfdx::DfdxError| e.to_string();
+        let lr = s.adam_lr;
+        Ok(match arm.kind {
+            Kind::Sgd => Trainer::Full(Box::new(
+                DfdxPlain::new(m, Sgd { lr: s.sgd_lr, ..Default::default() }).map_err(e)?,
+            )),
+            Kind::Full { .. } | Kind::Pretrained => {
+                Trainer::Full(Box::new(DfdxPlain::new(m, adam(lr)).map_err(e)?))
+            }
+            Kind::Head => Trainer::Head(Box::new(DfdxPlain::new(&m.4, adam(lr)).map_err(e)?)),
+            Kind::Profit { delta, ratio } => {
+                let config = ProfitConfig {
+                    delta,
+                    ..ProfitConfig::new(Sgd { lr: lr / ratio, ..Default::default() }, adam(lr))
+                };
+                Trainer::Profit(Box::new(DfdxProfit::new(m, config).map_err(e)?))
+            }
+            Kind::Control => {
+                let config = ProfitConfig::new(Sgd { lr: 0.0, ..Default::default() }, adam(lr));
+                Trainer::Profit(Box::new(DfdxProfit::new(m, config).map_err(e)?))
+            }
+        })
+    }
+
+    fn step(
+        &mut self,
+        m: &mut Net,
+        grads: &Gradients<f32, Cpu>,
+        stats: &mut ProjStats,
+    ) -> Result<(), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        match self {
+            Trainer::Full(o) => o.try_update(m, grads).map_err(|e| s(&e)),
+            Trainer::Head(o) => o.try_update(&mut m.4, grads).map_err(|e| s(&e)),
+            Trainer::Profit(o) => {
+                let r = o.try_update(m, grads).map_err(|e| s(&e))?;
+                if let Some(main) = &r.main {
+                    stats.record(main);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Train `m` for `steps` steps of `batch` on `data`; returns `(step, old acc, new acc)` every
+/// few steps when `curve` holds the test sets.
 #[allow(clippy::too_many_arguments)]
 fn train(
     dev: &Cpu,
     m: &mut Net,
-    opt: &mut Opt,
+    opt: &mut Trainer,
     data: &Set,
     steps: usize,
     batch: usize,
     seed: u64,
     curve: Option<(&Set, &Set)>,
     label: &str,
-) -> Result<(Curve, u64, u64), String> {
+) -> Result<(Curve, ProjStats), String> {
     let mut batches = Batches::new(seed, batch);
     let mut grads = m.alloc_grads();
     let mut points = vec![];
     let every = (steps / 25).max(1);
-    let (mut mains, mut projected) = (0u64, 0u64);
+    let mut stats = ProjStats::default();
     if let Some((o, n)) = curve {
         points.push((0, accuracy(dev, m, o), accuracy(dev, m, n)));
     }
@@ -250,17 +385,7 @@ fn train(
     for step in 0..steps {
         let (x, y) = batches.next(dev, data);
         grads = grads_of(m, grads, x, y);
-        let err = |e: String| format!("{label} step {step}: {e}");
-        match opt {
-            Opt::Plain(o) => o.try_update(m, &grads).map_err(|e| err(e.to_string()))?,
-            Opt::Profit(o) => {
-                let r = o.try_update(m, &grads).map_err(|e| err(e.to_string()))?;
-                if let (Phase::Main, Some(mr)) = (r.phase, r.main) {
-                    mains += 1;
-                    projected += mr.projected as u64;
-                }
-            }
-        }
+        opt.step(m, &grads, &mut stats).map_err(|e| format!("{label} step {step}: {e}"))?;
         m.zero_grads(&mut grads);
         if let Some((o, n)) = curve {
             if (step + 1) % every == 0 {
@@ -270,59 +395,95 @@ fn train(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok((points, mains, projected))
+    Ok((points, stats))
 }
-
-const ARMS: [&str; 5] = ["pretrained", "sgd", "adam", "profit", "profit_lr_ref0"];
 
 struct SeedRun {
     seed: u64,
-    /// (old accuracy, new accuracy) per arm.
-    acc: Vec<(f64, f64)>,
+    results: Vec<SeedResult>,
     curves: Vec<Curve>,
-    profit_mains: u64,
-    profit_projected: u64,
     seconds: f64,
 }
 
-fn run_seed(s: &Settings, seed: u64, first: bool, sets: &[Set; 4]) -> Result<SeedRun, String> {
+fn run_seed(s: &Settings, arms: &[Arm], seed: u64, first: bool, sets: &[Set; 4]) -> Result<SeedRun, String> {
     let t0 = Instant::now();
     let [old_train, old_test, new_train, new_test] = sets;
     let dev = Cpu::seed_from_u64(seed);
     let mut model: Net = dev.build_module::<Arch, f32>();
-    let adam = |lr: f64| InnerConfig::Adam(Adam { lr, ..Default::default() });
-    let mut opt = Opt::Plain(Box::new(DfdxPlain::new(&model, adam(1e-3)).map_err(|e| e.to_string())?));
+    let mut opt = Trainer::Full(Box::new(DfdxPlain::new(&model, adam(1e-3)).map_err(|e| e.to_string())?));
     let label = format!("seed {seed} pre-train");
-    train(&dev, &mut model, &mut opt, old_train, s.pretrain_steps, s.batch, seed + 1_000, None, &label)?;
-    let arms = if s.control_arm { 5 } else { 4 };
-    let mut acc = vec![(accuracy(&dev, &model, old_test), accuracy(&dev, &model, new_test)); arms];
+    train(
+        &dev,
+        &mut model,
+        &mut opt,
+        old_train,
+        s.pretrain_steps,
+        PRETRAIN_BATCH,
+        seed + 1_000,
+        None,
+        &label,
+    )?;
+    let pre = (accuracy(&dev, &model, old_test), accuracy(&dev, &model, new_test));
+    let mut results = vec![];
     let mut curves = vec![];
-    let (mut profit_mains, mut profit_projected) = (0, 0);
-    for (k, name) in ARMS.iter().enumerate().take(arms).skip(1) {
-        let mut m = model.clone();
-        let mut opt = match k {
-            1 => {
-                let sgd = Sgd { lr: s.sgd_lr, ..Default::default() };
-                Opt::Plain(Box::new(DfdxPlain::new(&m, sgd).map_err(|e| e.to_string())?))
-            }
-            2 => Opt::Plain(Box::new(DfdxPlain::new(&m, adam(s.adam_lr)).map_err(|e| e.to_string())?)),
-            _ => {
-                let lr_ref = if k == 4 { 0.0 } else { s.adam_lr / s.profit_ratio };
-                let config = ProfitConfig::new(Sgd { lr: lr_ref, ..Default::default() }, adam(s.adam_lr));
-                Opt::Profit(Box::new(DfdxProfit::new(&m, config).map_err(|e| e.to_string())?))
-            }
-        };
-        let curve = first.then_some((old_test, new_test));
-        let label = format!("seed {seed} {name}");
-        let (points, mains, proj) =
-            train(&dev, &mut m, &mut opt, new_train, s.finetune_steps, s.batch, seed + 2_000, curve, &label)?;
-        if k == 3 {
-            (profit_mains, profit_projected) = (mains, proj);
+    for arm in arms {
+        if arm.kind == Kind::Pretrained {
+            results.push(SeedResult { seed, old: pre.0, new: pre.1, proj: ProjStats::default() });
+            continue;
         }
+        let mut m = model.clone();
+        let mut opt = Trainer::new(s, arm, &m)?;
+        let steps = match arm.kind {
+            Kind::Full { steps } => steps,
+            _ => s.finetune_steps,
+        };
+        let curve = (first && !s.sweep).then_some((old_test, new_test));
+        let label = format!("seed {seed} {}", arm.name);
+        let (points, proj) =
+            train(&dev, &mut m, &mut opt, new_train, steps, arm.batch, seed + 2_000, curve, &label)?;
         curves.push(points);
-        acc[k] = (accuracy(&dev, &m, old_test), accuracy(&dev, &m, new_test));
+        results.push(SeedResult {
+            seed,
+            old: accuracy(&dev, &m, old_test),
+            new: accuracy(&dev, &m, new_test),
+            proj,
+        });
     }
-    Ok(SeedRun { seed, acc, curves, profit_mains, profit_projected, seconds: t0.elapsed().as_secs_f64() })
+    Ok(SeedRun { seed, results, curves, seconds: t0.elapsed().as_secs_f64() })
+}
+
+impl Args {
+    fn arms(&self, s: &Settings) -> Vec<Arm> {
+        let fine = s.finetune_steps;
+        let mut v = vec![Arm::new("pretrained", Kind::Pretrained, s.batch)];
+        if !s.sweep {
+            v.push(Arm::new("sgd", Kind::Sgd, s.batch));
+            v.push(Arm::new("adam", Kind::Full { steps: fine }, s.batch));
+            v.push(Arm::new(
+                "profit",
+                Kind::Profit { delta: self.delta.into(), ratio: s.profit_ratio },
+                s.batch,
+            ));
+            if s.control_arm {
+                v.push(Arm::new("profit_lr_ref0", Kind::Control, s.batch));
+            }
+            return v;
+        }
+        let batches: Vec<usize> = if self.quick { vec![s.batch] } else { SWEEP_BATCHES.to_vec() };
+        for b in batches {
+            v.push(Arm::new(format!("sgd_b{b}"), Kind::Sgd, b));
+            v.push(Arm::new(format!("adam_b{b}"), Kind::Full { steps: fine }, b));
+            v.push(Arm::new(format!("adam_same_main_steps_b{b}"), Kind::Full { steps: fine / 2 }, b));
+            v.push(Arm::new(format!("head_b{b}"), Kind::Head, b));
+            v.push(Arm::new(format!("profit_lr_ref0_b{b}"), Kind::Control, b));
+            for delta in [Delta::Realized, Delta::Accumulated] {
+                for r in SWEEP_RATIOS {
+                    v.push(Arm::profit(delta, r, b));
+                }
+            }
+        }
+        v
+    }
 }
 
 /// Run `profit digits`.
@@ -333,22 +494,29 @@ pub fn run(args: Args) -> Result<(), String> {
     let s = Settings {
         preset,
         net: "64-128-128-10 MLP, ReLU, cross-entropy",
+        task: args.task,
         old_task: "UCI digits as they are",
-        new_task: "the same digits transposed (rows <-> columns)",
+        new_task: match args.task {
+            Task::Transposed => "the same digits transposed (rows <-> columns)",
+            Task::Proximal => "the same digits rotated 15 degrees and moved one pixel right (bilinear)",
+        },
         split: "one fixed shuffle (seed 12345): 70% train, 30% test; the test images of both tasks are the same images",
         seeds: (args.first_seed..args.first_seed + n).collect(),
         pretrain_steps: args.pretrain_steps.unwrap_or(pre),
+        pretrain_batch: PRETRAIN_BATCH,
         pretrain_optimizer: "Adam lr 1e-3",
         finetune_steps: args.finetune_steps.unwrap_or(fine),
         batch: args.batch,
         adam_lr: args.lr,
         sgd_lr: args.sgd_lr,
         profit_ratio: args.ratio,
+        profit_delta: crate::arms::delta_name(args.delta.into()),
         profit: "SGD reference (lr = adam_lr / ratio), Adam main (lr = adam_lr), n_ref 1, global projection",
         control_arm: args.control,
+        sweep: args.sweep,
     };
-    if n == 0 || s.pretrain_steps == 0 || s.finetune_steps == 0 || s.batch == 0 {
-        return Err("steps, batch and seeds must be > 0".into());
+    if n == 0 || s.pretrain_steps == 0 || s.finetune_steps < 2 || s.batch == 0 {
+        return Err("steps (fine-tuning: >= 2), batch and seeds must be > 0".into());
     }
     for (name, v) in [("--lr", s.adam_lr), ("--sgd-lr", s.sgd_lr), ("--ratio", s.profit_ratio)] {
         if !(v.is_finite() && v > 0.0) {
@@ -360,94 +528,131 @@ pub fn run(args: Args) -> Result<(), String> {
         None => parse(DIGITS_GZ)?,
     };
     let (old_train, old_test) = split(&all);
-    let sets = [old_train.transposed(), old_test.transposed()];
-    let sets = [old_train, old_test, sets[0].clone(), sets[1].clone()];
+    let (new_train, new_test) = (old_train.shifted(s.task), old_test.shifted(s.task));
+    let sets = [old_train, old_test, new_train, new_test];
+    let arms = args.arms(&s);
 
-    println!("PROFIT on real data: UCI digits, preset: {}", s.preset);
+    println!("PROFIT on real data: UCI digits, preset: {}{}", s.preset, if s.sweep { ", sweep" } else { "" });
     println!("  {}; old task: {}; new task: {}", s.net, s.old_task, s.new_task);
     println!("  {} train / {} test images; split: {}", sets[0].len(), sets[1].len(), s.split);
     println!(
-        "  pre-train: {}, {} steps, batch {}; fine-tune on the new task: {} steps, batch {}",
-        s.pretrain_optimizer, s.pretrain_steps, s.batch, s.finetune_steps, s.batch
+        "  pre-train: {}, {} steps, batch {}; fine-tune on the new task: {} steps{}",
+        s.pretrain_optimizer,
+        s.pretrain_steps,
+        s.pretrain_batch,
+        s.finetune_steps,
+        if s.sweep { String::new() } else { format!(", batch {}", s.batch) }
     );
-    println!(
-        "  arms: SGD lr {}; Adam lr {}; PROFIT: {} with ratio {}; seeds {:?}",
-        s.sgd_lr, s.adam_lr, s.profit, s.profit_ratio, s.seeds
-    );
+    if s.sweep {
+        println!(
+            "  arms: {} per seed; SGD lr {}; Adam lr {}; PROFIT: {}; seeds {:?}",
+            arms.len() - 1,
+            s.sgd_lr,
+            s.adam_lr,
+            s.profit,
+            s.seeds
+        );
+    } else {
+        println!(
+            "  arms: SGD lr {}; Adam lr {}; PROFIT: {} with ratio {}, {} delta; seeds {:?}",
+            s.sgd_lr, s.adam_lr, s.profit, s.profit_ratio, s.profit_delta, s.seeds
+        );
+    }
     let t0 = Instant::now();
     let runs: Vec<SeedRun> = s
         .seeds
         .iter()
         .enumerate()
-        .map(|(k, &seed)| run_seed(&s, seed, k == 0, &sets))
+        .map(|(k, &seed)| run_seed(&s, &arms, seed, k == 0, &sets))
         .collect::<Result<_, _>>()?;
     let total = t0.elapsed().as_secs_f64();
 
+    let summaries: Vec<Summary> = arms
+        .iter()
+        .enumerate()
+        .map(|(k, a)| Summary { arm: a.clone(), seeds: runs.iter().map(|r| r.results[k]).collect() })
+        .collect();
+    let metrics = Metrics { old_key: "old_accuracy", new_key: "new_accuracy", higher_is_better: true };
+    let front = pareto(&summaries, &metrics);
     println!();
-    println!("Per seed (test accuracy old task / new task):");
-    print!("{:>6}", "seed");
-    let names = &ARMS[..runs[0].acc.len()];
-    for a in names {
-        print!("  {:>16}", a);
-    }
-    println!("  {:>8}", "seconds");
-    for r in &runs {
-        print!("{:>6}", r.seed);
-        for &(o, n) in &r.acc {
-            print!("  {:>16}", format!("{:.4} / {:.4}", o, n));
+    if !s.sweep {
+        println!("Per seed (test accuracy old task / new task):");
+        print!("{:>6}", "seed");
+        for a in &arms {
+            print!("  {:>16}", a.name);
         }
-        println!("  {:>8.1}", r.seconds);
+        println!("  {:>8}", "seconds");
+        for r in &runs {
+            print!("{:>6}", r.seed);
+            for x in &r.results {
+                print!("  {:>16}", format!("{:.4} / {:.4}", x.old, x.new));
+            }
+            println!("  {:>8.1}", r.seconds);
+        }
+        println!();
+        println!("Over {} seed(s): mean / median [min, max]", runs.len());
+        println!("{:<14} {:>34} {:>34}", "arm", "old task accuracy", "new task accuracy");
+        for x in &summaries {
+            let cell = |s: crate::common::Spread| {
+                format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max))
+            };
+            println!("{:<14} {:>34} {:>34}", x.arm.name, cell(x.old()), cell(x.new()));
+        }
+        println!();
+        for x in summaries.iter().filter(|x| x.arm.is_profit()) {
+            println!("{}: {}", x.arm.name, x.proj().line());
+        }
+    } else {
+        println!(
+            "Over {} seed(s) (accuracy, higher is better; * = on the old/new Pareto front):",
+            runs.len()
+        );
+        print_table(&summaries, &metrics, &front);
     }
-    println!();
-    println!("Over {} seed(s): mean / median [min, max]", runs.len());
-    println!("{:<14} {:>34} {:>34}", "arm", "old task accuracy", "new task accuracy");
-    let mut arms_json = vec![];
-    for (k, name) in names.iter().enumerate() {
-        let o: Vec<f64> = runs.iter().map(|r| r.acc[k].0).collect();
-        let n: Vec<f64> = runs.iter().map(|r| r.acc[k].1).collect();
-        let (so, sn) = (Spread::of(&o), Spread::of(&n));
-        let cell =
-            |s: Spread| format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max));
-        println!("{:<14} {:>34} {:>34}", name, cell(so), cell(sn));
-        let per_seed: Vec<_> = runs
-            .iter()
-            .map(|r| json!({"seed": r.seed, "old_accuracy": r.acc[k].0, "new_accuracy": r.acc[k].1}))
-            .collect();
-        arms_json.push(json!({
-            "name": name,
-            "old_accuracy": so.mean,
-            "new_accuracy": sn.mean,
-            "old_accuracy_median": so.median,
-            "new_accuracy_median": sn.median,
-            "per_seed": per_seed,
-        }));
-    }
-    let (mc, pj) = runs.iter().fold((0, 0), |a, r| (a.0 + r.profit_mains, a.1 + r.profit_projected));
-    println!();
-    println!(
-        "PROFIT: projection fired at {pj} of {mc} main calls ({:.1}%)",
-        100.0 * pj as f64 / mc.max(1) as f64
-    );
     println!("total {total:.1} s");
     if let Some(out) = args.output.plot_dir()? {
-        let mut series = vec![];
-        for (k, name) in names.iter().enumerate().skip(1) {
-            let c = &runs[0].curves[k - 1];
-            series.push((format!("{name} new"), c.iter().map(|p| (p.0 as f64, 1.0 - p.2)).collect()));
-            series.push((format!("{name} original"), c.iter().map(|p| (p.0 as f64, 1.0 - p.1)).collect()));
+        let task = match s.task {
+            Task::Transposed => "digits",
+            Task::Proximal => "digits_proximal",
+        };
+        if s.sweep {
+            for path in crate::arms::scatter_per_batch(
+                out,
+                task,
+                &summaries,
+                &metrics,
+                &front,
+                "old-task accuracy",
+                "new-task accuracy",
+                false,
+            )? {
+                println!("plot: {}", path.display());
+            }
+        } else {
+            let mut series = vec![];
+            for (a, c) in arms.iter().skip(1).zip(&runs[0].curves) {
+                series.push((format!("{} new", a.name), c.iter().map(|p| (p.0 as f64, 1.0 - p.2)).collect()));
+                series.push((
+                    format!("{} original", a.name),
+                    c.iter().map(|p| (p.0 as f64, 1.0 - p.1)).collect(),
+                ));
+            }
+            let path = out.join(format!("{task}_finetune_curves.svg"));
+            let title =
+                format!("digits fine-tuning ({:?} task): test error rate (seed {})", s.task, runs[0].seed);
+            plot::curves(&path, &title, "step", "error rate (1 - accuracy)", &series)?;
+            println!("plot: {}", path.display());
         }
-        let path = out.join("digits_finetune_curves.svg");
-        let title =
-            format!("digits fine-tuning on transposed images: test error rate (seed {})", runs[0].seed);
-        plot::curves(&path, &title, "step", "error rate (1 - accuracy)", &series)?;
-        println!("plot: {}", path.display());
     }
     if let Some(path) = &args.output.json {
+        let arms_json: Vec<_> =
+            summaries.iter().enumerate().map(|(i, x)| x.json(&metrics, front.contains(&i))).collect();
+        let front_names: Vec<&str> = front.iter().map(|&i| summaries[i].arm.name.as_str()).collect();
         let value = json!({
             "experiment": "digits",
             "settings": s,
             "arms": arms_json,
-            "profit_projected_fraction": pj as f64 / mc.max(1) as f64,
+            "pareto_front": front_names,
             "seconds": total,
         });
         write_json(path, &value)?;
@@ -484,6 +689,29 @@ mod tests {
         assert_eq!(t.x[1], 8.0);
         assert_eq!(t.x[8], 1.0);
         assert_eq!(t.transposed().x, (0..64).map(|i| i as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn proximal_rotation_is_small_and_exact_at_zero() {
+        let all = parse(DIGITS_GZ).unwrap();
+        let few = Set { x: all.x[..64 * 20].to_vec(), y: all.y[..20].to_vec() };
+        // No rotation, no shift: the identity.
+        let same = few.rotated_shifted(0.0, 0.0);
+        assert!(same.x.iter().zip(&few.x).all(|(a, b)| (a - b).abs() < 1e-6));
+        // A shift by one pixel moves column c to c + 1.
+        let moved = few.rotated_shifted(0.0, 1.0);
+        assert_eq!(moved.x[3 * 8 + 5], few.x[3 * 8 + 4]);
+        assert_eq!(moved.x[3 * 8], 0.0);
+        // The proximal images stay close to the originals (closer than the transposed ones).
+        let dist = |a: &Set| a.x.iter().zip(&few.x).map(|(p, q)| (p - q).powi(2)).sum::<f32>();
+        let prox = few.shifted(Task::Proximal);
+        assert!(
+            dist(&prox) > 0.0 && dist(&prox) < dist(&few.transposed()),
+            "{} vs {}",
+            dist(&prox),
+            dist(&few.transposed())
+        );
+        assert!(prox.x.iter().all(|v| (0.0..=1.0 + 1e-6).contains(v)));
     }
 
     #[test]

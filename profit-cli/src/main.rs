@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod arms;
 mod bench;
 mod common;
 mod digits;
-mod naive;
 mod plot;
 mod toy;
 

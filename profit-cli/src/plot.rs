@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 fn err<E: std::fmt::Display>(e: E) -> String {
     format!("plot: {e}")
@@ -122,5 +123,124 @@ pub fn curves(
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// What a scatter point is, for its colour and marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// A baseline (full, head, SGD, Adam, pre-trained): black square.
+    Baseline,
+    /// PROFIT with the realized delta: blue circle.
+    Realized,
+    /// PROFIT with the accumulated delta: red triangle.
+    Accumulated,
+    /// PROFIT with `lr_ref = 0`: grey circle.
+    Control,
+}
+
+/// One labelled point of an old-vs-new scatter plot.
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+    pub marker: Marker,
+    /// On the Pareto front: drawn with a ring.
+    pub front: bool,
+}
+
+/// An old-vs-new scatter plot (one point per arm), log axes when `log`.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[Point],
+    log: bool,
+) -> Result<(), String> {
+    let root = SVGBackend::new(path, (820, 660)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (root, legend) = root.split_vertically(620);
+    legend
+        .draw(&Text::new(
+            "black squares: baselines and the pre-trained model; blue circles: PROFIT, realized delta; red triangles: accumulated delta; grey: lr_ref = 0; labels: lr_main / lr_ref; ringed: Pareto front",
+            (10, 10),
+            ("sans-serif", 11).into_font(),
+        ))
+        .map_err(err)?;
+    let ok = |v: f64| v.is_finite() && (!log || v > 0.0);
+    let pts: Vec<&Point> = points.iter().filter(|p| ok(p.x) && ok(p.y)).collect();
+    let range = |f: &dyn Fn(&Point) -> f64| {
+        let (lo, hi) = pts
+            .iter()
+            .map(|p| f(p))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |a, v| (a.0.min(v), a.1.max(v)));
+        if !(lo.is_finite() && hi.is_finite()) {
+            (if log { 1e-3 } else { 0.0 }, 1.0)
+        } else if log {
+            (lo / 1.6, hi * 1.6)
+        } else {
+            let pad = ((hi - lo) * 0.08).max(1e-3);
+            (lo - pad, hi + pad)
+        }
+    };
+    let (x0, x1) = range(&|p| p.x);
+    let (y0, y1) = range(&|p| p.y);
+    let mut builder = ChartBuilder::on(&root);
+    let chart =
+        builder.caption(title, ("sans-serif", 15)).margin(12).x_label_area_size(40).y_label_area_size(65);
+    let style_of = |m: Marker| match m {
+        Marker::Baseline => BLACK,
+        Marker::Realized => RGBColor(33, 102, 172),
+        Marker::Accumulated => RGBColor(178, 24, 43),
+        Marker::Control => RGBColor(130, 130, 130),
+    };
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .x_labels(12)
+                .y_labels(12)
+                .x_label_formatter(&|x| crate::common::fmt(*x))
+                .y_label_formatter(&|y| crate::common::fmt(*y))
+                .draw()
+                .map_err(err)?;
+            for p in &pts {
+                let c = style_of(p.marker);
+                let at = (p.x, p.y);
+                match p.marker {
+                    Marker::Baseline => chart
+                        .draw_series(std::iter::once(
+                            EmptyElement::at(at) + Rectangle::new([(-4, -4), (4, 4)], c.filled()),
+                        ))
+                        .map_err(err)?,
+                    Marker::Accumulated => chart
+                        .draw_series(std::iter::once(TriangleMarker::new(at, 6, c.filled())))
+                        .map_err(err)?,
+                    _ => chart.draw_series(std::iter::once(Circle::new(at, 5, c.filled()))).map_err(err)?,
+                };
+                if p.front {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(at, 10, BLACK.stroke_width(1))))
+                        .map_err(err)?;
+                }
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        p.label.clone(),
+                        at,
+                        ("sans-serif", 10).into_font().color(&c).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                    )))
+                    .map_err(err)?;
+            }
+        }};
+    }
+    if log {
+        draw!(chart.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(err)?);
+    } else {
+        draw!(chart.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
+    }
     root.present().map_err(err)
 }

@@ -1,23 +1,28 @@
-//! `profit toy`: the paper's Section 4.1 experiment (SPEC.md section 5) on dfdx.
+//! `profit toy`: the paper's Section 4.1 experiment (see `EXPERIMENTS.md`) on dfdx.
 //!
 //! `f(x) = sin(10 |x|)` on `x in R^2`. Pre-train a 2-H-H-1 MLP (LayerNorm after each hidden
 //! layer, ReLU) on noisy points of `[-1, 1]^2`, then fine-tune on noisy points of
-//! `[0.8, 1.5]^2` three ways (full model, head only, PROFIT) and measure the MSE on noise-free
-//! test points of both domains.
+//! `[0.8, 1.5]^2` (full model, head only, PROFIT) and measure the MSE on noise-free test points
+//! of both domains.
 //!
 //! Choices the paper leaves open (all printed at run time and written to the JSON):
-//! - activation ReLU; batch 512 drawn uniformly with replacement from the 50,000 training points;
+//! - activation ReLU; batches drawn uniformly with replacement from the 50,000 training points
+//!   (pre-training batch 512; fine-tuning batch `--batch`, default 512);
 //! - label noise: Gaussian, standard deviation 0.1 (`--noise`);
 //! - optimizers use PyTorch's formulas (profit-core): RMSprop (alpha 0.99, eps 1e-8) for
 //!   pre-training, full and head-only fine-tuning and as PROFIT's main optimizer; plain SGD as
-//!   PROFIT's reference optimizer with `lr_ref = lr_main / 1e4` (`--ratio`), the ratio kept
-//!   fixed by the schedule; n_ref = 1;
+//!   PROFIT's reference optimizer with `lr_ref = lr_main / --ratio`, the ratio kept fixed by the
+//!   schedule; n_ref = 1; `--delta` realized (default) or accumulated;
 //! - error metric: MSE on 10,000 noise-free uniform test points per domain;
-//! - seeds 0.. (`--seeds`, `--first-seed`): each seed draws its own data, initialization and batches;
-//!   the three fine-tuning arms of one seed start from the same pre-trained model and see the
-//!   same batch sequence.
+//! - seeds 0.. (`--seeds`, `--first-seed`): each seed draws its own data, initialization and
+//!   batches; every fine-tuning arm of one seed starts from the same pre-trained model and arms
+//!   with the same batch size see the same batch sequence;
 //! - step schedules: `x0.9` every `pretrain_steps / 20` steps and `x0.95` every
-//!   `finetune_steps / 15` steps (500 and 100 at the paper's 10,000 and 1,500 steps).
+//!   `steps / 15` steps of the arm (500 and 100 at the paper's 10,000 and 1,500 steps).
+//!
+//! `--sweep` runs the whole grid of `EXPERIMENTS.md`: delta mode x `lr_main / lr_ref` x batch,
+//! each against full fine-tuning with the same batches and with the same main steps, head-only
+//! and the `lr_ref = 0` control.
 
 use std::time::Instant;
 
@@ -26,15 +31,15 @@ use dfdx::prelude::{
     mse_loss, AsArray, Backward, Const, Cpu, DeviceBuildExt, Gradients, Module, ModuleMut, Tensor,
     TensorFromVec, Trace, ZeroGrads,
 };
-use profit_core::{Phase, ProfitConfig, RmsProp, Sgd};
+use profit_core::{Delta, ProfitConfig, RmsProp, Sgd};
 use profit_dfdx::{DfdxPlain, DfdxProfit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::common::{bar, fmt, normal, write_json, Spread, StepLr};
-use crate::naive::NaiveProfit;
+use crate::arms::{pareto, print_table, Arm, Kind, Metrics, ProjStats, SeedResult, Summary};
+use crate::common::{bar, fmt, normal, write_json, DeltaArg, StepLr};
 use crate::plot;
 
 /// Arguments of `profit toy`.
@@ -61,15 +66,18 @@ pub struct Args {
     /// Fine-tuning steps (default 1,500, the paper's).
     #[arg(long)]
     finetune_steps: Option<usize>,
-    /// Batch size (default 512).
+    /// Fine-tuning batch size (default 512; 128 with --quick).
     #[arg(long)]
     batch: Option<usize>,
     /// Main fine-tuning learning rate (paper: 5e-4).
     #[arg(long, default_value_t = 5e-4)]
     lr: f64,
     /// PROFIT's lr_main / lr_ref.
-    #[arg(long, default_value_t = 1e4)]
+    #[arg(long, default_value_t = DEFAULT_RATIO)]
     ratio: f64,
+    /// PROFIT's delta: `realized` (theta' - anchor, the default) or `accumulated`.
+    #[arg(long, value_enum, default_value_t = DeltaArg::Realized)]
+    delta: DeltaArg,
     /// Standard deviation of the training-label noise.
     #[arg(long, default_value_t = 0.1)]
     noise: f32,
@@ -80,14 +88,18 @@ pub struct Args {
     /// projection's effect from that of halving the main optimizer's steps.
     #[arg(long)]
     control: bool,
-    /// Experiment only: also run the arm `profit_naive_delta`: the same PROFIT schedule (SGD
-    /// reference, RMSprop main, n_ref 1, global projection) with PyTorch-style float32
-    /// arithmetic: `theta.add_(g, alpha=-lr_ref)` at the reference call and the naive
-    /// `delta = theta' - anchor` in float32 at the main call, which SPEC.md section 2 forbids
-    /// (see `naive.rs`).
-    #[arg(long)]
-    naive_delta: bool,
+    /// Run the sweep instead: delta {realized, accumulated} x ratio {10, 1e2, 1e3, 1e4, 1e5} x
+    /// batch {64, 512}, each against full fine-tuning (same batches and same main steps),
+    /// head-only and the lr_ref = 0 control; writes old-vs-new scatter plots.
+    #[arg(long, conflicts_with_all = ["control", "ratio", "delta", "batch"])]
+    sweep: bool,
 }
+
+/// The default `lr_main / lr_ref` of `profit toy`.
+pub const DEFAULT_RATIO: f64 = 1e4;
+/// The sweep's ratios and fine-tuning batches.
+const SWEEP_RATIOS: [f64; 5] = [10.0, 1e2, 1e3, 1e4, 1e5];
+const SWEEP_BATCHES: [usize; 2] = [64, 512];
 
 /// The resolved settings of a run.
 #[derive(Clone, Debug, Serialize)]
@@ -98,22 +110,21 @@ pub struct Settings {
     pub pretrain_steps: usize,
     pub pretrain_lr: f64,
     pub pretrain_decay_every: usize,
+    pub pretrain_batch: usize,
     pub finetune_steps: usize,
     pub finetune_lr: f64,
-    pub finetune_decay_every: usize,
     pub batch: usize,
     pub train_points: usize,
     pub test_points: usize,
     pub noise_std: f32,
     pub profit_ratio: f64,
+    pub profit_delta: &'static str,
     pub profit_reference: &'static str,
     pub profit_main: &'static str,
     pub activation: &'static str,
     pub metric: &'static str,
     pub control_arm: bool,
-    /// Only written when `--naive-delta` is given.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub naive_delta_arm: bool,
+    pub sweep: bool,
 }
 
 impl Args {
@@ -131,10 +142,11 @@ impl Args {
         }
         let pre = self.pretrain_steps.unwrap_or(pre);
         let fine = self.finetune_steps.unwrap_or(fine);
+        let pretrain_batch = batch;
         let batch = self.batch.unwrap_or(batch);
         let n = self.seeds.unwrap_or(seeds);
-        if pre == 0 || fine == 0 || batch == 0 || n == 0 {
-            return Err("steps, batch and seeds must be > 0".into());
+        if pre == 0 || fine < 2 || batch == 0 || n == 0 {
+            return Err("steps (fine-tuning: >= 2), batch and seeds must be > 0".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.ratio.is_finite() && self.ratio > 0.0) {
             return Err("--lr and --ratio must be finite and > 0".into());
@@ -149,21 +161,51 @@ impl Args {
             pretrain_steps: pre,
             pretrain_lr: 1e-2,
             pretrain_decay_every: (pre / 20).max(1),
+            pretrain_batch,
             finetune_steps: fine,
             finetune_lr: self.lr,
-            finetune_decay_every: (fine / 15).max(1),
             batch,
             train_points: train,
             test_points: test,
             noise_std: self.noise,
             profit_ratio: self.ratio,
+            profit_delta: crate::arms::delta_name(self.delta.into()),
             profit_reference: "SGD",
             profit_main: "RMSprop",
             activation: "ReLU",
             metric: "MSE on noise-free uniform test points",
             control_arm: self.control,
-            naive_delta_arm: self.naive_delta,
+            sweep: self.sweep,
         })
+    }
+
+    /// The fine-tuning arms of this run (after `pretrained`).
+    fn arms(&self, s: &Settings) -> Vec<Arm> {
+        let fine = s.finetune_steps;
+        let mut v = vec![Arm::new("pretrained", Kind::Pretrained, s.batch)];
+        if !s.sweep {
+            v.push(Arm::new("full", Kind::Full { steps: fine }, s.batch));
+            v.push(Arm::new("head", Kind::Head, s.batch));
+            let kind = Kind::Profit { delta: self.delta.into(), ratio: s.profit_ratio };
+            v.push(Arm::new("profit", kind, s.batch));
+            if s.control_arm {
+                v.push(Arm::new("profit_lr_ref0", Kind::Control, s.batch));
+            }
+            return v;
+        }
+        let batches: Vec<usize> = if self.quick { vec![32, s.batch] } else { SWEEP_BATCHES.to_vec() };
+        for b in batches {
+            v.push(Arm::new(format!("full_b{b}"), Kind::Full { steps: fine }, b));
+            v.push(Arm::new(format!("full_same_main_steps_b{b}"), Kind::Full { steps: fine / 2 }, b));
+            v.push(Arm::new(format!("head_b{b}"), Kind::Head, b));
+            v.push(Arm::new(format!("profit_lr_ref0_b{b}"), Kind::Control, b));
+            for delta in [Delta::Realized, Delta::Accumulated] {
+                for r in SWEEP_RATIOS {
+                    v.push(Arm::profit(delta, r, b));
+                }
+            }
+        }
+        v
     }
 }
 
@@ -258,53 +300,38 @@ fn grads_of<const H: usize>(
     (value, loss.backward())
 }
 
+const GRID: usize = 60;
+const GRID_LO: f64 = -1.0;
+const GRID_HI: f64 = 1.5;
+
+fn grid() -> Vec<f32> {
+    let cell = (GRID_HI - GRID_LO) / GRID as f64;
+    let mut x = Vec::with_capacity(2 * GRID * GRID);
+    for j in 0..GRID {
+        for i in 0..GRID {
+            x.extend([
+                (GRID_LO + (i as f64 + 0.5) * cell) as f32,
+                (GRID_LO + (j as f64 + 0.5) * cell) as f32,
+            ]);
+        }
+    }
+    x
+}
+
 fn rmsprop(lr: f64) -> RmsProp {
     RmsProp { lr, ..Default::default() }
 }
 
-/// Result of one fine-tuning arm for one seed.
-#[derive(Clone, Debug, Serialize)]
-struct ArmRun {
-    original_error: f64,
-    new_error: f64,
-    /// `(step, original, new)` on 1,000-point evaluation subsets (first seed only).
-    curve: Vec<(usize, f64, f64)>,
-    /// PROFIT: main calls and how many were projected; mean cosine(delta, g).
-    profit_main_calls: u64,
-    profit_projected: u64,
-    profit_mean_cosine: f64,
-    /// `profit_naive_delta` only: main calls whose naive delta was exactly zero, and the means of
-    /// cos(naive delta, exact update) and |naive delta| / |exact update| over the others.
-    naive_zero_delta: u64,
-    naive_cos_to_exact: f64,
-    naive_norm_ratio: f64,
-}
-
-enum ArmKind {
-    Full,
-    Head,
-    Profit,
-    /// PROFIT with lr_ref = 0: no projection, main steps on every other batch.
-    Control,
-    /// PROFIT with the naive float32 delta `theta' - anchor` (experiment only).
-    NaiveDelta,
-}
-
-/// Arm names in the order of [`SeedRun::errors`] (the last two only with their flags).
-fn arm_names(s: &Settings) -> Vec<&'static str> {
-    let mut v = vec!["pretrained", "full", "head", "profit"];
-    if s.control_arm {
-        v.push("profit_lr_ref0");
+/// The paper's Table 1 (original / new domain), for the arms it has.
+fn paper(name: &str) -> Option<(f64, f64)> {
+    match name {
+        "pretrained" => Some((0.0054, 1.907)),
+        "full" => Some((0.705, 0.504)),
+        "head" => Some((0.11, 0.572)),
+        "profit" => Some((0.046, 0.501)),
+        _ => None,
     }
-    if s.naive_delta_arm {
-        v.push("profit_naive_delta");
-    }
-    v
 }
-/// The paper's Table 1 (original / new domain).
-const PAPER: [(f64, f64); 4] = [(0.0054, 1.907), (0.705, 0.504), (0.11, 0.572), (0.046, 0.501)];
-/// The SPEC's PyTorch run (medians over 3 seeds, original / new).
-const PYTORCH_MEDIAN: [(f64, f64); 4] = [(0.010, 6.0), (1.17, 0.026), (0.243, 0.738), (0.479, 0.010)];
 
 struct Eval<'a> {
     dev: &'a Cpu,
@@ -325,10 +352,81 @@ fn head_of(d: &Data, n: usize) -> Data {
     Data { x: d.x[..2 * n].to_vec(), y: d.y[..n].to_vec() }
 }
 
+/// The optimizer of one fine-tuning arm.
+enum Trainer<const H: usize> {
+    /// RMSprop on every parameter.
+    Full(Box<DfdxPlain<Net<H>>>),
+    /// RMSprop on the last layer only.
+    Head(Box<DfdxPlain<Lin<H, 1, f32, Cpu>>>),
+    /// PROFIT (SGD reference, RMSprop main).
+    Profit(Box<DfdxProfit<Net<H>>>),
+}
+
+impl<const H: usize> Trainer<H> {
+    fn new(arm: &Arm, model: &Net<H>, lr: f64) -> Result<Self, String> {
+        let e = |e: profit_dfdx::DfdxError| e.to_string();
+        Ok(match arm.kind {
+            Kind::Full { .. } | Kind::Sgd | Kind::Pretrained => {
+                Trainer::Full(Box::new(DfdxPlain::new(model, rmsprop(lr)).map_err(e)?))
+            }
+            Kind::Head => Trainer::Head(Box::new(DfdxPlain::new(&model.2, rmsprop(lr)).map_err(e)?)),
+            Kind::Profit { delta, ratio } => {
+                let config = ProfitConfig {
+                    delta,
+                    ..ProfitConfig::new(Sgd { lr: lr / ratio, ..Sgd::default() }, rmsprop(lr))
+                };
+                Trainer::Profit(Box::new(DfdxProfit::new(model, config).map_err(e)?))
+            }
+            Kind::Control => {
+                let config = ProfitConfig::new(Sgd { lr: 0.0, ..Sgd::default() }, rmsprop(lr));
+                Trainer::Profit(Box::new(DfdxProfit::new(model, config).map_err(e)?))
+            }
+        })
+    }
+
+    /// Set the main rate (PROFIT's reference rate follows at its fixed ratio) and step.
+    fn step(
+        &mut self,
+        model: &mut Net<H>,
+        grads: &Gradients<f32, Cpu>,
+        lr: f64,
+        stats: &mut ProjStats,
+    ) -> Result<(), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        match self {
+            Trainer::Full(o) => {
+                o.set_lr(lr).map_err(|e| s(&e))?;
+                o.try_update(model, grads).map_err(|e| s(&e))
+            }
+            Trainer::Head(o) => {
+                o.set_lr(lr).map_err(|e| s(&e))?;
+                o.try_update(&mut model.2, grads).map_err(|e| s(&e))
+            }
+            Trainer::Profit(o) => {
+                o.set_lr(lr).map_err(|e| s(&e))?;
+                let r = o.try_update(model, grads).map_err(|e| s(&e))?;
+                if let Some(m) = &r.main {
+                    stats.record(m);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One fine-tuning arm for one seed.
+struct ArmRun {
+    original_error: f64,
+    new_error: f64,
+    /// `(step, original, new)` on 1,000-point evaluation subsets (first seed only).
+    curve: Vec<(usize, f64, f64)>,
+    proj: ProjStats,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finetune<const H: usize>(
     s: &Settings,
-    kind: ArmKind,
+    arm: &Arm,
     pre: &Net<H>,
     data: &Data,
     batch_seed: u64,
@@ -338,81 +436,27 @@ fn finetune<const H: usize>(
 ) -> Result<(Net<H>, ArmRun), String> {
     let dev = eval.dev;
     let mut model = pre.clone();
-    let sched = StepLr { base: s.finetune_lr, gamma: 0.95, every: s.finetune_decay_every };
-    let mut full = None;
-    let mut head = None;
-    let mut profit = None;
-    let mut naive = None;
-    match kind {
-        ArmKind::Full => full = Some(DfdxPlain::new(&model, rmsprop(sched.base)).map_err(|e| e.to_string())?),
-        ArmKind::Head => {
-            head = Some(DfdxPlain::new(&model.2, rmsprop(sched.base)).map_err(|e| e.to_string())?)
-        }
-        ArmKind::Profit | ArmKind::Control => {
-            let lr_ref = if matches!(kind, ArmKind::Control) { 0.0 } else { sched.base / s.profit_ratio };
-            let config = ProfitConfig::new(Sgd { lr: lr_ref, ..Default::default() }, rmsprop(sched.base));
-            profit = Some(DfdxProfit::new(&model, config).map_err(|e| e.to_string())?)
-        }
-        ArmKind::NaiveDelta => {
-            naive = Some(NaiveProfit::new(&model, rmsprop(sched.base), sched.base / s.profit_ratio)?)
-        }
-    }
-    let mut batches = Batches::new(batch_seed, s.batch);
-    let mut grads = model.alloc_grads();
-    let every = (s.finetune_steps / 30).max(1);
-    let mut run = ArmRun {
-        original_error: 0.0,
-        new_error: 0.0,
-        curve: vec![],
-        profit_main_calls: 0,
-        profit_projected: 0,
-        profit_mean_cosine: 0.0,
-        naive_zero_delta: 0,
-        naive_cos_to_exact: 0.0,
-        naive_norm_ratio: 0.0,
+    let steps = match arm.kind {
+        Kind::Full { steps } => steps,
+        _ => s.finetune_steps,
     };
+    let sched = StepLr { base: s.finetune_lr, gamma: 0.95, every: (steps / 15).max(1) };
+    let mut trainer = Trainer::new(arm, &model, sched.base)?;
+    let mut batches = Batches::new(batch_seed, arm.batch);
+    let mut grads = model.alloc_grads();
+    let every = (steps / 30).max(1);
+    let mut run = ArmRun { original_error: 0.0, new_error: 0.0, curve: vec![], proj: ProjStats::default() };
     if curve {
         run.curve.push(eval.point(0, &model));
     }
-    let pb = bar(s.finetune_steps as u64, label);
-    let mut cos_sum = 0.0;
-    for step in 0..s.finetune_steps {
-        let lr = sched.at(step);
+    let pb = bar(steps as u64, label);
+    for step in 0..steps {
         let (x, y) = batches.next(dev, data);
         let (_, g) = grads_of(&mut model, grads, x, y);
         grads = g;
-        let err = |e: String| format!("{label} step {step}: {e}");
-        if let Some(o) = full.as_mut() {
-            o.set_lr(lr).map_err(|e| err(e.to_string()))?;
-            o.try_update(&mut model, &grads).map_err(|e| err(e.to_string()))?;
-        }
-        if let Some(o) = head.as_mut() {
-            o.set_lr(lr).map_err(|e| err(e.to_string()))?;
-            o.try_update(&mut model.2, &grads).map_err(|e| err(e.to_string()))?;
-        }
-        if let Some(o) = profit.as_mut() {
-            o.set_lr(lr).map_err(|e| err(e.to_string()))?;
-            let r = o.try_update(&mut model, &grads).map_err(|e| err(e.to_string()))?;
-            if let (Phase::Main, Some(m)) = (r.phase, r.main) {
-                run.profit_main_calls += 1;
-                run.profit_projected += m.projected as u64;
-                cos_sum += m.cosine;
-            }
-        }
-        if let Some(o) = naive.as_mut() {
-            o.set_lr(lr, lr / s.profit_ratio).map_err(err)?;
-            if let Some(m) = o.step(&mut model, &grads).map_err(err)? {
-                run.profit_main_calls += 1;
-                run.profit_projected += m.projected as u64;
-                cos_sum += m.cosine;
-                if m.delta_sq == 0.0 {
-                    run.naive_zero_delta += 1;
-                } else {
-                    run.naive_cos_to_exact += m.cos_to_exact;
-                    run.naive_norm_ratio += m.norm_ratio_to_exact;
-                }
-            }
-        }
+        trainer
+            .step(&mut model, &grads, sched.at(step), &mut run.proj)
+            .map_err(|e| format!("{label} step {step}: {e}"))?;
         model.zero_grads(&mut grads);
         if curve && (step + 1) % every == 0 {
             run.curve.push(eval.point(step + 1, &model));
@@ -420,11 +464,6 @@ fn finetune<const H: usize>(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    run.profit_mean_cosine =
-        if run.profit_main_calls > 0 { cos_sum / run.profit_main_calls as f64 } else { 0.0 };
-    let nonzero = run.profit_main_calls.saturating_sub(run.naive_zero_delta).max(1) as f64;
-    run.naive_cos_to_exact /= nonzero;
-    run.naive_norm_ratio /= nonzero;
     run.original_error = mse(dev, &model, eval.orig);
     run.new_error = mse(dev, &model, eval.new);
     Ok((model, run))
@@ -433,34 +472,18 @@ fn finetune<const H: usize>(
 /// Everything one seed produced.
 struct SeedRun {
     seed: u64,
-    /// Errors per arm, in [`arm_names`] order: (original, new).
-    errors: Vec<(f64, f64)>,
-    arms: Vec<ArmRun>,
+    /// One result per arm, in the run's arm order (the first is `pretrained`).
+    results: Vec<SeedResult>,
+    /// Learning curves per fine-tuning arm (first seed of a default run only).
+    curves: Vec<Vec<(usize, f64, f64)>>,
     pretrain_curve: Vec<(f64, f64)>,
-    /// Prediction maps over the grid (target, pretrained, full, head, profit).
+    /// Prediction maps over the grid (target, pretrained, full, head, profit), first seed of a
+    /// default run only.
     maps: Vec<Vec<f32>>,
     seconds: f64,
 }
 
-const GRID: usize = 60;
-const GRID_LO: f64 = -1.0;
-const GRID_HI: f64 = 1.5;
-
-fn grid() -> Vec<f32> {
-    let cell = (GRID_HI - GRID_LO) / GRID as f64;
-    let mut x = Vec::with_capacity(2 * GRID * GRID);
-    for j in 0..GRID {
-        for i in 0..GRID {
-            x.extend([
-                (GRID_LO + (i as f64 + 0.5) * cell) as f32,
-                (GRID_LO + (j as f64 + 0.5) * cell) as f32,
-            ]);
-        }
-    }
-    x
-}
-
-fn run_seed<const H: usize>(s: &Settings, seed: u64, first: bool) -> Result<SeedRun, String> {
+fn run_seed<const H: usize>(s: &Settings, arms: &[Arm], seed: u64, first: bool) -> Result<SeedRun, String> {
     let t0 = Instant::now();
     let dev = Cpu::seed_from_u64(seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -473,7 +496,7 @@ fn run_seed<const H: usize>(s: &Settings, seed: u64, first: bool) -> Result<Seed
     let mut model: Net<H> = dev.build_module::<Arch<H>, f32>();
     let sched = StepLr { base: s.pretrain_lr, gamma: 0.9, every: s.pretrain_decay_every };
     let mut opt = DfdxPlain::new(&model, rmsprop(sched.base)).map_err(|e| e.to_string())?;
-    let mut batches = Batches::new(seed.wrapping_add(1_000), s.batch);
+    let mut batches = Batches::new(seed.wrapping_add(1_000), s.pretrain_batch);
     let mut grads = model.alloc_grads();
     let mut pretrain_curve = vec![];
     let (mut acc, mut cnt) = (0.0f64, 0usize);
@@ -506,46 +529,44 @@ fn run_seed<const H: usize>(s: &Settings, seed: u64, first: bool) -> Result<Seed
     };
     let pre_err = (mse(&dev, &model, &orig_test), mse(&dev, &model, &new_test));
     let batch_seed = seed.wrapping_add(2_000);
-    let mut arms = vec![];
-    let mut maps = vec![];
+    let detail = first && !s.sweep;
     let g = grid();
-    if first {
+    let mut maps = vec![];
+    if detail {
         maps.push(g.chunks(2).map(|p| target(p[0], p[1])).collect());
         maps.push(predict(&dev, &model, &g));
     }
-    let mut kinds = vec![(ArmKind::Full, "full"), (ArmKind::Head, "head"), (ArmKind::Profit, "profit")];
-    if s.control_arm {
-        kinds.push((ArmKind::Control, "profit_lr_ref0"));
-    }
-    if s.naive_delta_arm {
-        kinds.push((ArmKind::NaiveDelta, "profit_naive_delta"));
-    }
-    for (kind, name) in kinds {
-        let label = format!("seed {seed} {name}");
-        let (m, run) = finetune::<H>(s, kind, &model, &new_data, batch_seed, &eval, first, &label)?;
-        if first && !kind_is_extra(name) {
+    let mut results = vec![];
+    let mut curves = vec![];
+    for arm in arms {
+        if arm.kind == Kind::Pretrained {
+            results.push(SeedResult { seed, old: pre_err.0, new: pre_err.1, proj: ProjStats::default() });
+            continue;
+        }
+        let label = format!("seed {seed} {}", arm.name);
+        let (m, run) = finetune::<H>(s, arm, &model, &new_data, batch_seed, &eval, detail, &label)?;
+        if detail && ["full", "head", "profit"].contains(&arm.name.as_str()) {
             maps.push(predict(&dev, &m, &g));
         }
-        arms.push(run);
+        curves.push(run.curve);
+        results.push(SeedResult { seed, old: run.original_error, new: run.new_error, proj: run.proj });
     }
-    let errors =
-        std::iter::once(pre_err).chain(arms.iter().map(|a| (a.original_error, a.new_error))).collect();
-    Ok(SeedRun { seed, errors, arms, pretrain_curve, maps, seconds: t0.elapsed().as_secs_f64() })
+    Ok(SeedRun { seed, results, curves, pretrain_curve, maps, seconds: t0.elapsed().as_secs_f64() })
 }
 
-/// The optional arms, which get no prediction map.
-fn kind_is_extra(name: &str) -> bool {
-    name == "profit_lr_ref0" || name == "profit_naive_delta"
-}
-
-fn run_all<const H: usize>(s: &Settings) -> Result<Vec<SeedRun>, String> {
-    let names = arm_names(s);
+fn run_all<const H: usize>(s: &Settings, arms: &[Arm]) -> Result<Vec<SeedRun>, String> {
     let mut runs = vec![];
     for (k, &seed) in s.seeds.iter().enumerate() {
-        let r = run_seed::<H>(s, seed, k == 0)?;
-        let cells: Vec<String> =
-            names.iter().zip(&r.errors).map(|(a, &(o, n))| format!("{a} {} / {}", fmt(o), fmt(n))).collect();
-        println!("  seed {seed} done in {:.1} s: {}", r.seconds, cells.join(", "));
+        let r = run_seed::<H>(s, arms, seed, k == 0)?;
+        println!("  seed {seed} done in {:.1} s", r.seconds);
+        if !s.sweep {
+            let cells: Vec<String> = arms
+                .iter()
+                .zip(&r.results)
+                .map(|(a, x)| format!("{} {} / {}", a.name, fmt(x.old), fmt(x.new)))
+                .collect();
+            println!("    {}", cells.join(", "));
+        }
         runs.push(r);
     }
     Ok(runs)
@@ -554,155 +575,158 @@ fn run_all<const H: usize>(s: &Settings) -> Result<Vec<SeedRun>, String> {
 /// Run `profit toy`.
 pub fn run(args: Args) -> Result<(), String> {
     let s = args.settings()?;
-    println!("PROFIT toy experiment (paper Section 4.1; SPEC.md section 5), preset: {}", s.preset);
+    let arms = args.arms(&s);
     println!(
-        "  net 2-{h}-{h}-1, LayerNorm after each hidden layer, {act}; batch {b}; {tr} noisy training points per domain (noise std {nz}); {te} noise-free test points per domain",
+        "PROFIT toy experiment (the paper's Section 4.1), preset: {}{}",
+        s.preset,
+        if s.sweep { ", sweep" } else { "" }
+    );
+    println!(
+        "  net 2-{h}-{h}-1, LayerNorm after each hidden layer, {act}; {tr} noisy training points per domain (noise std {nz}); {te} noise-free test points per domain",
         h = s.hidden,
         act = s.activation,
-        b = s.batch,
         tr = s.train_points,
         nz = s.noise_std,
         te = s.test_points
     );
     println!(
-        "  pre-train: RMSprop lr {} x0.9 every {} steps, {} steps on [-1,1]^2",
-        s.pretrain_lr, s.pretrain_decay_every, s.pretrain_steps
+        "  pre-train: RMSprop lr {} x0.9 every {} steps, {} steps of batch {} on [-1,1]^2",
+        s.pretrain_lr, s.pretrain_decay_every, s.pretrain_steps, s.pretrain_batch
     );
-    println!(
-        "  fine-tune on [0.8,1.5]^2: {} steps, lr {} x0.95 every {} steps; full and head: RMSprop; PROFIT: SGD reference (lr_main/lr_ref = {}), RMSprop main, n_ref 1",
-        s.finetune_steps, s.finetune_lr, s.finetune_decay_every, s.profit_ratio
-    );
+    if s.sweep {
+        println!(
+            "  fine-tune on [0.8,1.5]^2: {} calls, lr {} x0.95 every calls/15; RMSprop main; PROFIT: SGD reference, n_ref 1; {} arms per seed",
+            s.finetune_steps,
+            s.finetune_lr,
+            arms.len() - 1
+        );
+    } else {
+        println!(
+            "  fine-tune on [0.8,1.5]^2: {} steps of batch {}, lr {} x0.95 every {} steps; full and head: RMSprop; PROFIT: SGD reference (lr_main/lr_ref = {}), RMSprop main, n_ref 1, {} delta",
+            s.finetune_steps,
+            s.batch,
+            s.finetune_lr,
+            (s.finetune_steps / 15).max(1),
+            s.profit_ratio,
+            s.profit_delta
+        );
+    }
     println!("  error: {}; seeds {:?}", s.metric, s.seeds);
     let t0 = Instant::now();
     let runs = match s.hidden {
-        32 => run_all::<32>(&s)?,
-        64 => run_all::<64>(&s)?,
-        128 => run_all::<128>(&s)?,
-        256 => run_all::<256>(&s)?,
-        _ => run_all::<500>(&s)?,
+        32 => run_all::<32>(&s, &arms)?,
+        64 => run_all::<64>(&s, &arms)?,
+        128 => run_all::<128>(&s, &arms)?,
+        256 => run_all::<256>(&s, &arms)?,
+        _ => run_all::<500>(&s, &arms)?,
     };
     let total = t0.elapsed().as_secs_f64();
 
+    let summaries: Vec<Summary> = arms
+        .iter()
+        .enumerate()
+        .map(|(k, a)| Summary { arm: a.clone(), seeds: runs.iter().map(|r| r.results[k]).collect() })
+        .collect();
+    let metrics = Metrics { old_key: "original_error", new_key: "new_error", higher_is_better: false };
+    let front = pareto(&summaries, &metrics);
     println!();
-    println!("Per seed (MSE original domain / new domain):");
-    print!("{:>6}", "seed");
-    let names = arm_names(&s);
-    for a in &names {
-        print!("  {:>22}", a);
-    }
-    println!("  {:>8}", "seconds");
-    for r in &runs {
-        print!("{:>6}", r.seed);
-        for (o, n) in &r.errors {
-            print!("  {:>22}", format!("{} / {}", fmt(*o), fmt(*n)));
+    if !s.sweep {
+        println!("Per seed (MSE original domain / new domain):");
+        print!("{:>6}", "seed");
+        for a in &arms {
+            print!("  {:>22}", a.name);
         }
-        println!("  {:>8.1}", r.seconds);
-    }
-    println!();
-    println!("Over {} seed(s): mean / median [min, max]", runs.len());
-    println!(
-        "{:<18} {:>34} {:>34}   {:>17}   {:>21}",
-        "arm", "original domain", "new domain", "paper Table 1", "PyTorch run (medians)"
-    );
-    let mut arms_json = vec![];
-    for (k, name) in names.iter().enumerate() {
-        let paper = PAPER.get(k).map_or("-".into(), |p| format!("{} / {}", p.0, p.1));
-        let torch = PYTORCH_MEDIAN.get(k).map_or("-".into(), |p| format!("{} / {}", p.0, p.1));
-        let o: Vec<f64> = runs.iter().map(|r| r.errors[k].0).collect();
-        let n: Vec<f64> = runs.iter().map(|r| r.errors[k].1).collect();
-        let (so, sn) = (Spread::of(&o), Spread::of(&n));
-        let cell =
-            |s: Spread| format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max));
-        println!("{:<18} {:>34} {:>34}   {:>17}   {:>21}", name, cell(so), cell(sn), paper, torch);
-        let per_seed: Vec<_> = runs
-            .iter()
-            .map(|r| json!({"seed": r.seed, "original_error": r.errors[k].0, "new_error": r.errors[k].1}))
-            .collect();
-        arms_json.push(json!({
-            "name": name,
-            "original_error": so.mean,
-            "new_error": sn.mean,
-            "original_error_median": so.median,
-            "new_error_median": sn.median,
-            "paper_original_error": PAPER.get(k).map(|p| p.0),
-            "paper_new_error": PAPER.get(k).map(|p| p.1),
-            "per_seed": per_seed,
-        }));
-    }
-    // Projection statistics of the PROFIT-like arms (`arms` has no pretrained entry).
-    let stats = |k: usize| -> (u64, u64, Vec<f64>) {
-        let (mc, pj) = runs
-            .iter()
-            .map(|r| (r.arms[k].profit_main_calls, r.arms[k].profit_projected))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        (mc, pj, runs.iter().map(|r| r.arms[k].profit_mean_cosine).collect())
-    };
-    let (mc, pj, _) = stats(2);
-    println!();
-    let mut naive_fraction = None;
-    for (k, name) in names.iter().enumerate().skip(3) {
-        let (mc, pj, cos) = stats(k - 1);
-        let label = match *name {
-            "profit" => "PROFIT",
-            other => other,
-        };
-        println!(
-            "{label}: projection fired at {pj} of {mc} main calls ({:.1}%); mean cosine(delta, g) per seed {:?}",
-            100.0 * pj as f64 / mc.max(1) as f64,
-            cos.iter().map(|c| fmt(*c)).collect::<Vec<_>>()
-        );
-        if *name == "profit_naive_delta" {
-            naive_fraction = Some(pj as f64 / mc.max(1) as f64);
-            let a: Vec<&ArmRun> = runs.iter().map(|r| &r.arms[k - 1]).collect();
-            println!(
-                "  naive delta vs the exact reference update, per seed: zero at {:?} main calls; mean cosine {:?}; mean norm ratio {:?}",
-                a.iter().map(|r| r.naive_zero_delta).collect::<Vec<_>>(),
-                a.iter().map(|r| fmt(r.naive_cos_to_exact)).collect::<Vec<_>>(),
-                a.iter().map(|r| fmt(r.naive_norm_ratio)).collect::<Vec<_>>()
-            );
+        println!("  {:>8}", "seconds");
+        for r in &runs {
+            print!("{:>6}", r.seed);
+            for x in &r.results {
+                print!("  {:>22}", format!("{} / {}", fmt(x.old), fmt(x.new)));
+            }
+            println!("  {:>8.1}", r.seconds);
         }
+        println!();
+        println!("Over {} seed(s): mean / median [min, max]; the paper's Table 1 for reference", runs.len());
+        println!("{:<16} {:>34} {:>34}   {:>17}", "arm", "original domain", "new domain", "paper Table 1");
+        for x in &summaries {
+            let cell = |s: crate::common::Spread| {
+                format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max))
+            };
+            let p = paper(&x.arm.name).map_or("-".into(), |p| format!("{} / {}", p.0, p.1));
+            println!("{:<16} {:>34} {:>34}   {:>17}", x.arm.name, cell(x.old()), cell(x.new()), p);
+        }
+        println!();
+        for x in summaries.iter().filter(|x| x.arm.is_profit()) {
+            println!("{}: {}", x.arm.name, x.proj().line());
+        }
+    } else {
+        println!("Over {} seed(s) (MSE, lower is better; * = on the original/new Pareto front):", runs.len());
+        print_table(&summaries, &metrics, &front);
     }
     println!("total {:.1} s", total);
 
     if let Some(out) = args.output.plot_dir()? {
-        let first = &runs[0];
-        let titles = ["target sin(10|x|)", "pre-trained", "full fine-tune", "head only", "PROFIT"];
-        let panels: Vec<plot::Panel> = titles
-            .iter()
-            .zip(&first.maps)
-            .map(|(t, v)| plot::Panel { title: format!("{t} (seed {})", first.seed), values: v.clone() })
-            .collect();
-        let maps = out.join("toy_predictions.svg");
-        plot::heatmaps(&maps, GRID, GRID_LO, GRID_HI, &panels, &[(-1.0, 1.0), (0.8, 1.5)])?;
-        let mut series = vec![];
-        for (k, name) in names.iter().skip(1).enumerate().take(first.arms.len()) {
-            let c = &first.arms[k].curve;
-            series.push((format!("{name} new"), c.iter().map(|p| (p.0 as f64, p.2)).collect()));
-            series.push((format!("{name} original"), c.iter().map(|p| (p.0 as f64, p.1)).collect()));
+        if s.sweep {
+            for path in crate::arms::scatter_per_batch(
+                out,
+                "toy",
+                &summaries,
+                &metrics,
+                &front,
+                "original-domain MSE",
+                "new-domain MSE",
+                true,
+            )? {
+                println!("plot: {}", path.display());
+            }
+        } else {
+            let first = &runs[0];
+            let titles = ["target sin(10|x|)", "pre-trained", "full fine-tune", "head only", "PROFIT"];
+            let panels: Vec<plot::Panel> = titles
+                .iter()
+                .zip(&first.maps)
+                .map(|(t, v)| plot::Panel { title: format!("{t} (seed {})", first.seed), values: v.clone() })
+                .collect();
+            let maps = out.join("toy_predictions.svg");
+            plot::heatmaps(&maps, GRID, GRID_LO, GRID_HI, &panels, &[(-1.0, 1.0), (0.8, 1.5)])?;
+            let mut series = vec![];
+            for (a, c) in arms.iter().skip(1).zip(&first.curves) {
+                series.push((format!("{} new", a.name), c.iter().map(|p| (p.0 as f64, p.2)).collect()));
+                series.push((format!("{} original", a.name), c.iter().map(|p| (p.0 as f64, p.1)).collect()));
+            }
+            let curves = out.join("toy_finetune_curves.svg");
+            plot::curves(&curves, "fine-tuning: test MSE (1,000 points per domain)", "step", "MSE", &series)?;
+            let pre = out.join("toy_pretrain_curve.svg");
+            plot::curves(
+                &pre,
+                "pre-training: batch MSE",
+                "step",
+                "MSE",
+                &[("train batch".into(), first.pretrain_curve.clone())],
+            )?;
+            println!("plots: {}, {}, {}", maps.display(), curves.display(), pre.display());
         }
-        let curves = out.join("toy_finetune_curves.svg");
-        plot::curves(&curves, "fine-tuning: test MSE (1,000 points per domain)", "step", "MSE", &series)?;
-        let pre = out.join("toy_pretrain_curve.svg");
-        plot::curves(
-            &pre,
-            "pre-training: batch MSE",
-            "step",
-            "MSE",
-            &[("train batch".into(), first.pretrain_curve.clone())],
-        )?;
-        println!("plots: {}, {}, {}", maps.display(), curves.display(), pre.display());
     }
     if let Some(path) = &args.output.json {
-        let mut value = json!({
+        let arms_json: Vec<_> = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let mut v = x.json(&metrics, front.contains(&i));
+                if let Some(p) = paper(&x.arm.name).filter(|_| !s.sweep) {
+                    v["paper_original_error"] = json!(p.0);
+                    v["paper_new_error"] = json!(p.1);
+                }
+                v
+            })
+            .collect();
+        let front_names: Vec<&str> = front.iter().map(|&i| summaries[i].arm.name.as_str()).collect();
+        let value = json!({
             "experiment": "toy",
             "settings": s,
             "arms": arms_json,
-            "profit_projected_fraction": pj as f64 / mc.max(1) as f64,
+            "pareto_front": front_names,
             "seconds": total,
         });
-        if let Some(f) = naive_fraction {
-            value["profit_naive_delta_projected_fraction"] = json!(f);
-        }
         write_json(path, &value)?;
         println!("json: {}", path.display());
     }

@@ -77,6 +77,90 @@ fn digits_quick_writes_json() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The PROFIT arms of a sweep carry `delta`, `ratio` and `batch` and their projection
+/// statistics; every arm has `pareto`; the front is non-empty and named in `pareto_front`.
+fn check_sweep(v: &Value, deltas_ratios: usize) {
+    let arms = v["arms"].as_array().expect("arms");
+    let profit: Vec<&Value> = arms.iter().filter(|a| a["delta"].is_string()).collect();
+    assert_eq!(profit.len(), deltas_ratios, "PROFIT arms");
+    for a in &profit {
+        assert!(["realized", "accumulated"].contains(&a["delta"].as_str().unwrap()));
+        assert!(a["ratio"].as_f64().unwrap() >= 10.0);
+        assert!(a["batch"].as_u64().unwrap() > 0);
+        for k in ["projected_share", "mean_removed", "stalled_share"] {
+            let x = a[k].as_f64().unwrap_or_else(|| panic!("{k} in {a}"));
+            assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+        }
+        assert!((-1.0..=1.0).contains(&a["mean_cosine"].as_f64().unwrap()));
+    }
+    assert!(arms.iter().all(|a| a["pareto"].is_boolean()));
+    let front = v["pareto_front"].as_array().expect("front");
+    assert!(!front.is_empty());
+    let on: Vec<&str> =
+        arms.iter().filter(|a| a["pareto"] == true).map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(front.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>(), on);
+}
+
+#[test]
+fn sweeps_write_json_and_scatter_plots() {
+    let dir = tmp("sweep");
+    let toy = dir.join("toy.json");
+    let out = run(&[
+        "toy",
+        "--quick",
+        "--sweep",
+        "--seeds",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+        toy.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&toy).unwrap()).unwrap();
+    check_sweep(&v, 2 * 2 * 5);
+    for b in [32, 128] {
+        assert!(std::fs::read_to_string(dir.join(format!("toy_sweep_b{b}.svg")))
+            .unwrap()
+            .starts_with("<svg"));
+    }
+    let digits = dir.join("digits.json");
+    let out = run(&[
+        "digits",
+        "--quick",
+        "--sweep",
+        "--task",
+        "proximal",
+        "--seeds",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+        digits.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&digits).unwrap()).unwrap();
+    check_sweep(&v, 2 * 5);
+    assert_eq!(v["settings"]["task"], "proximal");
+    assert!(dir.join("digits_proximal_sweep_b64.svg").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn default_runs_print_the_projection_statistics() {
+    let out = run(&["digits", "--quick", "--control", "--no-plots", "--seeds", "1"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "profit: projection fired at",
+        "profit_lr_ref0: projection fired at 0 of",
+        "share of |g|^2 removed",
+        "stalled",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+}
+
 #[test]
 fn bad_arguments_fail_politely() {
     for args in [
@@ -84,6 +168,8 @@ fn bad_arguments_fail_politely() {
         &["toy", "--quick", "--ratio", "-1", "--no-plots"][..],
         &["digits", "--quick", "--data", "/nonexistent/digits.csv.gz", "--no-plots"][..],
         &["digits", "--quick", "--seeds", "0", "--no-plots"][..],
+        &["toy", "--quick", "--delta", "sideways", "--no-plots"][..],
+        &["toy", "--quick", "--sweep", "--ratio", "10", "--no-plots"][..],
     ] {
         let out = run(args);
         assert!(!out.status.success(), "{args:?} succeeded");
