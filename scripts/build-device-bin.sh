@@ -5,7 +5,8 @@
 #   device-bin/profit-cuda-gpu    profit-cuda's GPU tests against the host backend
 #   device-bin/profit-cuda-ptx    profit-cuda's PTX / no-GPU checks
 #   device-bin/bench              the GPU benchmark (adapters/profit-cuda/examples/bench.rs)
-#   device-bin/golden-dir         where the conformance binary looks for its golden cases
+#   device-bin/golden-dir         the conformance crate's folder as compiled into the binary
+#                                 (it reads golden/ and golden32/ there)
 # Binaries embed the committed PTX (cuda-kernels/ptx), so no CUDA is needed to build them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +45,9 @@ pick cuda conformance-cuda
 pick gpu profit-cuda-gpu
 pick ptx profit-cuda-ptx
 pick bench bench
-# The conformance binary reads its golden cases from the path compiled into it.
-echo "$PWD/tests/golden" >"$OUT/golden-dir"
+# The conformance binary reads its golden cases (golden/, golden32/) below the crate folder
+# compiled into it.
+echo "$PWD/tests" >"$OUT/golden-dir"
 ls -l "$OUT"
 total=$(du -sm "$OUT" | cut -f1)
 echo "build-device-bin: ${total} MiB in $OUT/"

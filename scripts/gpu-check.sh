@@ -8,7 +8,8 @@
 # The GPU machine has CUDA, nvcc and PyTorch but no Rust and no network. Steps:
 #  1. the card and driver (nvidia-smi);
 #  2. profit-cuda's PTX checks, GPU tests (bitwise against the host backend) and the
-#     conformance suite on CUDA f32/f64; with a GPU present, any "SKIPPED" is a failure;
+#     conformance suite on CUDA f32/f64, each in both delta modes (realized, accumulated);
+#     with a GPU present, any "SKIPPED" is a failure;
 #  3. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md):
 #     markdown tables to paste into BENCHMARKS.md.
 # Exits non-zero if any step failed; every step runs regardless.
@@ -39,11 +40,12 @@ for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx bench golden-dir; do
 done
 chmod +x "$BIN"/* 2>/dev/null || true
 
-# The conformance binary looks for golden cases where the repo was when it was built.
+# The conformance binary looks for its golden cases (golden/: float64, both delta modes;
+# golden32/: float32, realized delta) where the crate was when it was built.
 golden="$(cat "$BIN/golden-dir")"
-if [ ! -d "$golden" ]; then
-    mkdir -p "$(dirname "$golden")" && ln -s "$PWD/tests/golden" "$golden" \
-        || echo "gpu-check: cannot link $golden to tests/golden: golden replays will fail" >&2
+if [ ! -d "$golden/golden32" ]; then
+    mkdir -p "$(dirname "$golden")" && ln -sfn "$PWD/tests" "$golden" \
+        || echo "gpu-check: cannot link $golden to tests/: golden replays will fail" >&2
 fi
 
 # On this machine a missing GPU is a failure, not a skip.
