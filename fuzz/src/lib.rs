@@ -2,6 +2,7 @@
 //! tensors with every kind of state buffer (SGD momentum reference, AMSGrad Adam main, anchor).
 
 use profit_core::host::{VecBackend as Backend, VecTensor};
+use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::{Adam, Profit, ProfitConfig, Sgd};
 
 /// The backend under test: profit-core's built-in host backend.
@@ -36,6 +37,16 @@ pub fn optimizer(p: &[Tensor]) -> Profit<VecBackend> {
         )
     };
     Profit::with_names(config, &[("w", &p[0]), ("b", &p[1])]).expect("valid config")
+}
+
+/// Save with the parameters' fingerprint.
+pub fn save(opt: &Profit<VecBackend>, p: &[Tensor]) -> Vec<u8> {
+    opt.save_checkpoint(&p.iter().collect::<Vec<_>>(), SaveOptions::default()).expect("save")
+}
+
+/// Load with the parameters `p`.
+pub fn load(opt: &mut Profit<VecBackend>, p: &mut [Tensor], bytes: &[u8]) -> Result<(), profit_core::ProfitError> {
+    opt.load_checkpoint(bytes, &mut p.iter_mut().collect::<Vec<_>>(), LoadOptions::default())
 }
 
 /// Run `calls` steps.

@@ -7,7 +7,7 @@ fn main() {
         let mut p = profit_fuzz::params();
         let mut opt = profit_fuzz::optimizer(&p);
         profit_fuzz::run(&mut opt, &mut p, calls);
-        let bytes = opt.save_checkpoint().expect("save");
+        let bytes = profit_fuzz::save(&opt, &p);
         std::fs::write(format!("{dir}/seed-{calls}.safetensors"), bytes).expect("write");
     }
 }

@@ -159,10 +159,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn old(&self) -> Spread {
+    pub fn old_task(&self) -> Spread {
         Spread::of(&self.seeds.iter().map(|s| s.old).collect::<Vec<_>>())
     }
-    pub fn new(&self) -> Spread {
+    pub fn new_task(&self) -> Spread {
         Spread::of(&self.seeds.iter().map(|s| s.new).collect::<Vec<_>>())
     }
     pub fn proj(&self) -> ProjStats {
@@ -174,7 +174,7 @@ impl Summary {
     /// The arm as JSON: `name`, the two means (and medians), `per_seed`, and for PROFIT arms
     /// `delta`, `ratio` and `batch` and the projection statistics.
     pub fn json(&self, m: &Metrics, pareto: bool) -> Value {
-        let (o, n) = (self.old(), self.new());
+        let (o, n) = (self.old_task(), self.new_task());
         let per_seed: Vec<Value> =
             self.seeds.iter().map(|s| json!({"seed": s.seed, m.old_key: s.old, m.new_key: s.new})).collect();
         let mut v = json!({
@@ -211,7 +211,7 @@ impl Summary {
 /// least as good on both metrics and better on one. The pre-trained model is left out.
 pub fn pareto(s: &[Summary], m: &Metrics) -> Vec<usize> {
     let score = |x: &Summary| {
-        let (o, n) = (x.old().mean, x.new().mean);
+        let (o, n) = (x.old_task().mean, x.new_task().mean);
         if m.higher_is_better {
             (o, n)
         } else {
@@ -244,7 +244,7 @@ pub fn print_table(s: &[Summary], m: &Metrics, front: &[usize]) {
         "stalled"
     );
     for (i, x) in s.iter().enumerate() {
-        let (o, n) = (x.old(), x.new());
+        let (o, n) = (x.old_task(), x.new_task());
         let p = x.proj();
         let stats = if x.arm.is_profit() {
             format!(
@@ -301,7 +301,7 @@ pub fn scatter_per_batch(
                     Kind::Control => (Marker::Control, "lr_ref=0".into()),
                     _ => (Marker::Baseline, x.arm.name.trim_end_matches(&format!("_b{b}")).to_string()),
                 };
-                Point { x: x.old().mean, y: x.new().mean, label, marker, front: front.contains(&i) }
+                Point { x: x.old_task().mean, y: x.new_task().mean, label, marker, front: front.contains(&i) }
             })
             .collect();
         let path = out.join(format!("{prefix}_sweep_b{b}.svg"));

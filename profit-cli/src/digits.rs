@@ -596,7 +596,7 @@ pub fn run(args: Args) -> Result<(), String> {
             let cell = |s: crate::common::Spread| {
                 format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max))
             };
-            println!("{:<14} {:>34} {:>34}", x.arm.name, cell(x.old()), cell(x.new()));
+            println!("{:<14} {:>34} {:>34}", x.arm.name, cell(x.old_task()), cell(x.new_task()));
         }
         println!();
         for x in summaries.iter().filter(|x| x.arm.is_profit()) {

@@ -652,7 +652,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 format!("{} / {} [{}, {}]", fmt(s.mean), fmt(s.median), fmt(s.min), fmt(s.max))
             };
             let p = paper(&x.arm.name).map_or("-".into(), |p| format!("{} / {}", p.0, p.1));
-            println!("{:<16} {:>34} {:>34}   {:>17}", x.arm.name, cell(x.old()), cell(x.new()), p);
+            println!("{:<16} {:>34} {:>34}   {:>17}", x.arm.name, cell(x.old_task()), cell(x.new_task()), p);
         }
         println!();
         for x in summaries.iter().filter(|x| x.arm.is_profit()) {

@@ -36,7 +36,3 @@ pub use profit::{
     Delta, LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore,
     StepReport, TensorReport, STALL_SHARE,
 };
-
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

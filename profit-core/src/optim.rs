@@ -12,7 +12,7 @@ use crate::error::{ProfitError, Result};
 
 /// `torch.optim.SGD`: momentum, dampening, nesterov, L2 weight decay.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Sgd {
     /// Learning rate (PyTorch default `1e-3`).
     pub lr: f64,
@@ -37,7 +37,7 @@ impl Default for Sgd {
 /// `torch.optim.Adam` (L2 weight decay added to the gradient) and, through [`AdamW`], its
 /// decoupled-decay sibling.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Adam {
     /// Learning rate (default `1e-3`).
     pub lr: f64,
@@ -61,7 +61,7 @@ impl Default for Adam {
 
 /// `torch.optim.AdamW`: Adam with decoupled weight decay (default `weight_decay = 1e-2`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamW {
     /// Learning rate (default `1e-3`).
     pub lr: f64,
@@ -92,7 +92,7 @@ impl Default for AdamW {
 
 /// `torch.optim.RMSprop`: alpha, eps, L2 weight decay, momentum, centered.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RmsProp {
     /// Learning rate (default `1e-2`).
     pub lr: f64,

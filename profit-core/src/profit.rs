@@ -103,7 +103,7 @@ pub enum LrCoupling {
 /// PROFIT's configuration. Defaults are the paper's (`n_ref = 1`, SGD reference, global
 /// projection, the realized delta).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProfitConfig {
     /// Reference optimizer `O_ref` (default: plain SGD).
     pub reference: InnerConfig,

@@ -2,8 +2,9 @@
 //! target in `fuzz/`): byte flips, truncations, insertions and random bytes never panic, and a
 //! refused load changes nothing.
 
+use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::host::{VecBackend, VecTensor};
-use profit_core::{Adam, Delta, Profit, ProfitConfig, RmsProp, Sgd};
+use profit_core::{Adam, Delta, Profit, ProfitConfig, ProfitError, RmsProp, Sgd};
 use proptest::prelude::*;
 
 fn setup(main_rms: bool) -> (Profit<VecBackend<f32>>, Vec<VecTensor<f32>>) {
@@ -43,6 +44,48 @@ enum Mutation {
     Truncate(usize),
     Insert(usize, Vec<u8>),
     Overwrite(usize, u64),
+}
+
+fn save(opt: &Profit<VecBackend<f32>>, p: &[VecTensor<f32>]) -> Vec<u8> {
+    opt.save_checkpoint(&p.iter().collect::<Vec<_>>(), SaveOptions::default()).unwrap()
+}
+
+fn load(
+    opt: &mut Profit<VecBackend<f32>>,
+    p: &mut [VecTensor<f32>],
+    bytes: &[u8],
+) -> Result<(), ProfitError> {
+    opt.load_checkpoint(bytes, &mut p.iter_mut().collect::<Vec<_>>(), LoadOptions::default())
+}
+
+/// Every single-byte corruption of a checkpoint (each byte XORed with each of several masks,
+/// header, tensor table, padding and data alike) is refused, and nothing changes.
+#[test]
+fn every_single_byte_corruption_is_refused() {
+    for rms in [false, true] {
+        let (mut opt, mut p) = setup(rms);
+        let good = save(&opt, &p);
+        let mut accepted = vec![];
+        let mut tried = 0;
+        for i in 0..good.len() {
+            for mask in [0x01u8, 0x02, 0x20, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= mask;
+                tried += 1;
+                if load(&mut opt, &mut p, &bad).is_ok() {
+                    accepted.push((i, mask));
+                }
+            }
+        }
+        assert_eq!(save(&opt, &p), good, "a refused load changed the state");
+        println!(
+            "byte-flip sweep ({} main): {tried} single-byte corruptions of a {}-byte file, {} accepted",
+            if rms { "RMSprop" } else { "Adam" },
+            good.len(),
+            accepted.len()
+        );
+        assert!(accepted.is_empty(), "accepted corruptions (byte, mask): {accepted:?}");
+    }
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -90,23 +133,24 @@ proptest! {
         rms in any::<bool>(),
         muts in proptest::collection::vec(mutation(), 1..4),
     ) {
-        let (mut opt, _) = setup(rms);
-        let good = opt.save_checkpoint().unwrap();
+        let (mut opt, mut p) = setup(rms);
+        let good = save(&opt, &p);
         let bad = apply(good.clone(), &muts);
-        match opt.load_checkpoint(&bad) {
-            Err(profit_core::ProfitError::Checkpoint(_)) => prop_assert_eq!(opt.save_checkpoint().unwrap(), good),
+        // Every changed byte is covered by the checksum: a changed file never loads.
+        prop_assume!(bad != good);
+        match load(&mut opt, &mut p, &bad) {
+            Err(profit_core::ProfitError::Checkpoint(_)) => prop_assert_eq!(save(&opt, &p), good),
             Err(e) => prop_assert!(false, "wrong error kind: {}", e),
-            // Some mutations are harmless (e.g. JSON whitespace); the state must then be the saved one.
-            Ok(()) => prop_assert_eq!(opt.save_checkpoint().unwrap(), good),
+            Ok(()) => prop_assert!(false, "a mutated checkpoint was accepted: {:?}", muts),
         }
     }
 
     #[test]
     fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let (mut opt, _) = setup(false);
-        let good = opt.save_checkpoint().unwrap();
-        prop_assert!(opt.load_checkpoint(&bytes).is_err());
-        prop_assert_eq!(opt.save_checkpoint().unwrap(), good);
+        let (mut opt, mut p) = setup(false);
+        let good = save(&opt, &p);
+        prop_assert!(load(&mut opt, &mut p, &bytes).is_err());
+        prop_assert_eq!(save(&opt, &p), good);
     }
 }
 
@@ -122,7 +166,7 @@ fn checkpoint_size_relative_to_parameters() {
         let opt = Profit::<VecBackend<f32>>::with_names(config, &[("w", &w)]).unwrap();
         assert_eq!(opt.state_bytes(), buffers * param_bytes, "{delta:?}");
         assert_eq!(opt.profit_overhead_bytes(), (buffers - 2) * param_bytes, "{delta:?}");
-        let bytes = opt.save_checkpoint().unwrap().len();
+        let bytes = opt.save_checkpoint(&[&w], SaveOptions::default()).unwrap().len();
         let ratio = bytes as f64 / param_bytes as f64;
         println!(
             "checkpoint of 1M f32 params (SGD ref, Adam main, {delta:?} delta): {bytes} bytes = {ratio:.4} x parameter bytes"

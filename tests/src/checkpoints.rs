@@ -1,6 +1,7 @@
 //! Checkpoint conformance: resume after every call of every golden case matches the
 //! uninterrupted run bitwise; files that do not fit are refused and change nothing.
 
+use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::{Delta, Profit, ProfitConfig, ProfitError, TensorOps};
 use serde_json::Value;
 
@@ -40,10 +41,24 @@ fn init(case: &GoldenCase) -> Vec<Vec<f64>> {
     case.problem.params.iter().map(|p| p.init.clone()).collect()
 }
 
+impl<H: Harness> Run<H> {
+    fn save(&self, opts: SaveOptions) -> Vec<u8> {
+        self.opt.save_checkpoint(&self.params.iter().collect::<Vec<_>>(), opts).expect("save")
+    }
+
+    fn load(&mut self, bytes: &[u8], opts: LoadOptions) -> Result<(), ProfitError> {
+        let mut pm: Vec<&mut T<H>> = self.params.iter_mut().collect();
+        self.opt.load_checkpoint(bytes, &mut pm, opts)
+    }
+}
+
 /// For every golden case, in both delta modes: save after every call, load into a fresh
-/// optimizer (built with a different learning rate, which the checkpoint must override),
-/// continue, and match the uninterrupted run bitwise at every later call. Also:
-/// save(load(x)) == x.
+/// optimizer with the weights of that moment, continue, and match the uninterrupted run
+/// bitwise at every later call; save(load(x)) == x. At one mid-cycle call per case also: a
+/// file with the parameters restores them into zeroed weights and continues bitwise; weights
+/// from another call are refused by the fingerprint (accepted with `skip_fingerprint`); an
+/// optimizer built with another learning rate refuses the file, listing the difference, and
+/// with `adopt_config` takes the checkpoint's and continues bitwise.
 pub fn resume_every_call<H: Harness>(h: &H) {
     let mut total_bytes = 0usize;
     let mut cases = 0;
@@ -56,32 +71,76 @@ pub fn resume_every_call<H: Harness>(h: &H) {
         let mut saved = vec![];
         let mut after = vec![];
         for i in 0..n {
-            saved.push((a.opt.save_checkpoint().expect("save"), values(h, &a)));
+            saved.push((a.save(SaveOptions::default()), values(h, &a)));
             call(h, &case, &mut a, i);
             after.push(values(h, &a));
         }
-        for (k, (bytes, params)) in saved.iter().enumerate() {
-            let mut other = config;
-            other.main = other.main.with_lr(other.main.lr() * 3.0 + 1.0);
-            let mut b = build::<H>(h, &case, other, params);
-            b.opt.load_checkpoint(bytes).unwrap_or_else(|e| panic!("{} call {k}: load: {e}", case.name));
-            assert_eq!(
-                &b.opt.save_checkpoint().expect("save"),
-                bytes,
-                "{}: save(load(x)) != x at call {k}",
-                case.name
-            );
+        let continue_from = |b: &mut Run<H>, k: usize, what: &str| {
             for (i, expected) in after.iter().enumerate().skip(k) {
-                call(h, &case, &mut b, i);
+                call(h, &case, b, i);
                 assert_eq!(
-                    &values(h, &b),
+                    &values(h, b),
                     expected,
-                    "{} on {}: resumed at call {k}, call {i} differs from the uninterrupted run",
+                    "{} on {} ({what}): resumed at call {k}, call {i} differs from the uninterrupted run",
                     case.name,
                     h.label()
                 );
             }
+        };
+        for (k, (bytes, params)) in saved.iter().enumerate() {
+            let mut b = build::<H>(h, &case, config, params);
+            b.load(bytes, LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{} call {k}: load: {e}", case.name));
+            assert_eq!(
+                &b.save(SaveOptions::default()),
+                bytes,
+                "{}: save(load(x)) != x at call {k}",
+                case.name
+            );
+            continue_from(&mut b, k, "same weights");
         }
+        // One mid-cycle moment: after the first reference call of the first cycle.
+        let k = (config.warmup_steps as usize + 1).min(n - 1);
+        let (bytes, params) = &saved[k];
+        // The weights saved in the file.
+        let with_params = {
+            let mut src = build::<H>(h, &case, config, params);
+            src.load(bytes, LoadOptions::default()).expect("load");
+            src.save(SaveOptions::with_params())
+        };
+        let zeros: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let mut b = build::<H>(h, &case, config, &zeros);
+        b.load(&with_params, LoadOptions::default()).expect("load with parameters");
+        assert_eq!(&values(h, &b), params, "{}: the file's parameters were not restored", case.name);
+        continue_from(&mut b, k, "parameters from the file");
+        // Weights from another call: refused by the fingerprint, nothing changed.
+        let other = &saved[k + 1].1;
+        if other != params {
+            let mut b = build::<H>(h, &case, config, other);
+            let before = b.save(SaveOptions::default());
+            match b.load(bytes, LoadOptions::default()) {
+                Err(ProfitError::Checkpoint(m)) if m.contains("fingerprint") => {}
+                r => panic!("{}: weights from another call accepted: {r:?}", case.name),
+            }
+            assert_eq!(
+                b.save(SaveOptions::default()),
+                before,
+                "{}: a refused load changed the state",
+                case.name
+            );
+            b.load(bytes, LoadOptions::default().skip_fingerprint()).expect("skip_fingerprint loads");
+        }
+        // Another learning rate: refused with the difference listed; adopted on request.
+        let mut other = config;
+        other.main = other.main.with_lr(other.main.lr() * 3.0 + 1.0);
+        let mut b = build::<H>(h, &case, other, params);
+        match b.load(bytes, LoadOptions::default()) {
+            Err(ProfitError::Checkpoint(m)) if m.contains("main.lr") => {}
+            r => panic!("{}: a differing configuration was accepted: {r:?}", case.name),
+        }
+        b.load(bytes, LoadOptions::default().adopt_config()).expect("adopt_config loads");
+        assert_eq!(b.opt.config(), &config);
+        continue_from(&mut b, k, "adopted configuration");
         total_bytes = saved.last().map_or(0, |s| s.0.len());
         cases += 1;
     }
@@ -112,12 +171,17 @@ fn join(header: &Value, data: &[u8]) -> Vec<u8> {
 /// Rewrite the PROFIT metadata JSON inside a checkpoint and recompute its checksum, so that the
 /// edit is caught by the loader's own check for it, not by the checksum.
 fn edit_meta(bytes: &[u8], f: impl Fn(&mut Value)) -> Vec<u8> {
+    profit_core::checkpoint::reseal(&edit_meta_unsealed(bytes, f)).expect("reseal")
+}
+
+/// [`edit_meta`] without recomputing the checksum.
+fn edit_meta_unsealed(bytes: &[u8], f: impl Fn(&mut Value)) -> Vec<u8> {
     let (mut header, data) = split(bytes);
     let meta = header["__metadata__"]["profit"].as_str().expect("profit metadata").to_string();
     let mut m: Value = serde_json::from_str(&meta).expect("meta json");
     f(&mut m);
     header["__metadata__"]["profit"] = Value::String(m.to_string());
-    profit_core::checkpoint::reseal(&join(&header, &data)).expect("reseal")
+    join(&header, &data)
 }
 
 /// Checkpoints that do not fit are refused with `ProfitError::Checkpoint`, and the optimizer
@@ -135,27 +199,23 @@ pub fn refuse_bad<H: Harness>(h: &H) {
         call(h, &case, &mut a, i);
         call(h, &case, &mut twin, i);
     }
-    let good = a.opt.save_checkpoint().expect("save");
-    // Checkpoints of optimizers that do not fit this one.
-    let other_names = {
+    let good = a.save(SaveOptions::default());
+    let fresh_save = |c: ProfitConfig, names: [&str; 2]| {
         let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
         let o =
-            Profit::<H::B>::with_names(config, &[("weight", &params[0]), ("b", &params[1])]).expect("build");
-        o.save_checkpoint().expect("save")
+            Profit::<H::B>::with_names(c, &[(names[0], &params[0]), (names[1], &params[1])]).expect("build");
+        o.save_checkpoint(&params.iter().collect::<Vec<_>>(), SaveOptions::default()).expect("save")
     };
-    let other_layout = {
-        let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
-        let mut c = config;
-        c.main = profit_core::Sgd { lr: 0.1, momentum: 0.9, ..Default::default() }.into();
-        let o = Profit::<H::B>::with_names(c, &[("w", &params[0]), ("b", &params[1])]).expect("build");
-        o.save_checkpoint().expect("save")
-    };
-    let other_delta = {
-        let params: Vec<T<H>> = case.problem.params.iter().map(|p| h.tensor(&p.shape, &p.init)).collect();
-        let c = ProfitConfig { delta: Delta::Accumulated, ..config };
-        let o = Profit::<H::B>::with_names(c, &[("w", &params[0]), ("b", &params[1])]).expect("build");
-        o.save_checkpoint().expect("save")
-    };
+    // Checkpoints of optimizers that do not fit this one.
+    let other_names = fresh_save(config, ["weight", "b"]);
+    let other_layout = fresh_save(
+        ProfitConfig {
+            main: profit_core::Sgd { lr: 0.1, momentum: 0.9, ..Default::default() }.into(),
+            ..config
+        },
+        ["w", "b"],
+    );
+    let other_delta = fresh_save(ProfitConfig { delta: Delta::Accumulated, ..config }, ["w", "b"]);
     let (header, data) = split(&good);
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
@@ -168,6 +228,18 @@ pub fn refuse_bad<H: Harness>(h: &H) {
         ("other optimizer layout".into(), other_layout),
         ("other delta mode".into(), other_delta),
         ("wrong version".into(), edit_meta(&good, |m| m["version"] = 99.into())),
+        ("unknown header key".into(), edit_meta(&good, |m| m["comment"] = "hello".into())),
+        ("unknown configuration key".into(), edit_meta(&good, |m| m["config"]["n_reff"] = 2.into())),
+        (
+            "version-1 checksum in a version-2 file".into(),
+            edit_meta_unsealed(&good, |m| m["crc32"] = 7.into()),
+        ),
+        (
+            "fingerprint removed".into(),
+            edit_meta(&good, |m| {
+                m.as_object_mut().expect("object").remove("fingerprint");
+            }),
+        ),
         ("wrong format".into(), edit_meta(&good, |m| m["format"] = "pytorch".into())),
         (
             "wrong dtype in header".into(),
@@ -221,10 +293,10 @@ pub fn refuse_bad<H: Harness>(h: &H) {
     // The resealing helper itself must produce loadable files, or every edit above would be
     // refused for the wrong reason.
     let resealed = edit_meta(&good, |_| {});
-    let mut probe = build::<H>(h, &case, config, &init(&case));
-    probe.opt.load_checkpoint(&resealed).expect("a resealed unedited checkpoint loads");
+    let mut probe = build::<H>(h, &case, config, &values(h, &a));
+    probe.load(&resealed, LoadOptions::default()).expect("a resealed unedited checkpoint loads");
     for (what, bytes) in &bad {
-        match a.opt.load_checkpoint(bytes) {
+        match a.load(bytes, LoadOptions::default()) {
             Err(ProfitError::Checkpoint(_)) => {}
             other => panic!("{}: {what}: expected a checkpoint error, got {other:?}", h.label()),
         }

@@ -3,6 +3,7 @@
 
 use nalgebra::DMatrix;
 use ndarray::{ArrayD, IxDyn};
+use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::{Adam, Delta, Profit, ProfitConfig, ProfitError, Sgd};
 use profit_nalgebra::Nalgebra;
@@ -26,13 +27,15 @@ fn row_major_backends_share_checkpoints_and_column_major_is_refused() {
         let g = w.mapv(|x| x * 0.3 + i as f32 * 0.1);
         nd.step(&mut [&mut w], &[&g]).unwrap();
     }
-    let bytes = nd.save_checkpoint().unwrap();
+    let bytes = nd.save_checkpoint(&[&w], SaveOptions::default()).unwrap();
 
     // ndarray -> VecBackend: same names, shapes and order: loads, and saves back identically
     // apart from the backend name in the header.
-    let v = VecTensor::new(&[2, 3], w.iter().copied().collect()).unwrap();
+    let mut v = VecTensor::new(&[2, 3], w.iter().copied().collect()).unwrap();
     let mut vec_opt = Profit::<VecBackend<f32>>::with_names(config(), &[("w", &v)]).unwrap();
-    vec_opt.load_checkpoint(&bytes).expect("row-major checkpoint loads into VecBackend");
+    vec_opt
+        .load_checkpoint(&bytes, &mut [&mut v], LoadOptions::default())
+        .expect("row-major checkpoint loads into VecBackend");
     assert_eq!(vec_opt.calls(), 3);
     let delta_nd: Vec<f32> = nd.delta(0).unwrap().iter().copied().collect();
     assert_eq!(vec_opt.delta(0).unwrap().data, delta_nd);
@@ -40,12 +43,12 @@ fn row_major_backends_share_checkpoints_and_column_major_is_refused() {
     assert_eq!(vec_opt.anchor(0).unwrap().data, anchor_nd);
 
     // ndarray -> nalgebra (column-major): refused, nothing changed.
-    let m = DMatrix::<f32>::zeros(2, 3);
+    let mut m = DMatrix::<f32>::zeros(2, 3);
     let mut na = Profit::<Nalgebra<f32>>::with_names(config(), &[("w", &m)]).unwrap();
-    let before = na.save_checkpoint().unwrap();
-    match na.load_checkpoint(&bytes) {
+    let before = na.save_checkpoint(&[&m], SaveOptions::default()).unwrap();
+    match na.load_checkpoint(&bytes, &mut [&mut m], LoadOptions::default()) {
         Err(ProfitError::Checkpoint(msg)) => assert!(msg.contains("ColumnMajor"), "{msg}"),
         other => panic!("expected a storage-order refusal, got {other:?}"),
     }
-    assert_eq!(na.save_checkpoint().unwrap(), before);
+    assert_eq!(na.save_checkpoint(&[&m], SaveOptions::default()).unwrap(), before);
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use profit_conformance::golden::GoldenCase;
+use profit_core::checkpoint::LoadOptions;
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::{Delta, Element, Profit, ProfitConfig, ProfitError};
 use serde_json::Value;
@@ -36,21 +37,25 @@ fn continue_run<E: Element>(bytes: &[u8], meta: &Value) {
         .zip(&start)
         .map(|(p, v)| VecTensor::from_f64(&p.shape, v).unwrap())
         .collect();
-    let named: Vec<(&str, &VecTensor<E>)> =
-        case.problem.params.iter().zip(&params).map(|(p, t)| (p.name.as_str(), t)).collect();
+    let build = |config: ProfitConfig, params: &[VecTensor<E>]| {
+        let named: Vec<(&str, &VecTensor<E>)> =
+            case.problem.params.iter().zip(params).map(|(p, t)| (p.name.as_str(), t)).collect();
+        Profit::<VecBackend<E>>::with_names(config, &named).expect("build")
+    };
 
     // The default (realized) optimizer refuses an accumulated-delta state.
     let realized = case.profit_config().expect("config");
     assert_eq!(realized.delta, Delta::Realized);
-    let mut wrong = Profit::<VecBackend<E>>::with_names(realized, &named).expect("build");
-    match wrong.load_checkpoint(bytes) {
+    let mut wrong = build(realized, &params);
+    match wrong.load_checkpoint(bytes, &mut params.iter_mut().collect::<Vec<_>>(), LoadOptions::default()) {
         Err(ProfitError::Checkpoint(msg)) => assert!(msg.contains("Accumulated"), "{msg}"),
         other => panic!("{name}: a version-1 checkpoint loaded into a realized-delta optimizer: {other:?}"),
     }
 
     let config = ProfitConfig { delta: Delta::Accumulated, ..realized };
-    let mut opt = Profit::<VecBackend<E>>::with_names(config, &named).expect("build");
-    opt.load_checkpoint(bytes).unwrap_or_else(|e| panic!("{name} {}: {e}", E::DTYPE));
+    let mut opt = build(config, &params);
+    opt.load_checkpoint(bytes, &mut params.iter_mut().collect::<Vec<_>>(), LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{name} {}: {e}", E::DTYPE));
     assert_eq!(opt.calls(), at as u64);
     for (k, (rows, exp)) in case.problem.batches[at..].iter().zip(&expected).enumerate() {
         let cur: Vec<Vec<f64>> = params.iter().map(|t| t.to_f64()).collect();
