@@ -46,6 +46,46 @@ impl Spread {
     }
 }
 
+/// Run `f(k, seeds[k])` for every seed, `jobs` seeds at a time on their own threads (seeds are
+/// independent: each builds its own data, model and device); results in seed order, or the
+/// first error.
+pub fn per_seed<T: Send>(
+    seeds: &[u64],
+    jobs: usize,
+    f: impl Fn(usize, u64) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<Result<T, String>>>> = Mutex::new((0..seeds.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, seeds.len().max(1)) {
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn_scoped(scope, || loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= seeds.len() {
+                        break;
+                    }
+                    let r = f(k, seeds[k]);
+                    out.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(r);
+                })
+                .map_err(|e| format!("cannot start a thread: {e}"))?;
+        }
+        Ok::<(), String>(())
+    })?;
+    out.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("a seed did not run".into())))
+        .collect()
+}
+
+/// Threads for independent seeds: `--jobs`, else the machine's parallelism.
+pub fn jobs(arg: Option<usize>) -> usize {
+    arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
 /// A progress bar on stderr (hidden when stderr is not a terminal, as in CI).
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
@@ -94,6 +134,10 @@ pub struct Output {
     /// Skip the SVG plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// Seeds run in parallel, one thread each (default: the number of CPUs). Results do not
+    /// depend on it.
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 impl Output {

@@ -56,8 +56,9 @@ pub struct Args {
     /// CI smoke test: 200 pre-training and 40 fine-tuning steps, 2 seeds.
     #[arg(long)]
     quick: bool,
-    /// The new task: `transposed` (default) or `proximal`.
-    #[arg(long, value_enum, default_value_t = Task::Transposed)]
+    /// The new task: `proximal` (default: a nearby domain, what PROFIT is for) or `transposed`
+    /// (a distant, conflicting one).
+    #[arg(long, value_enum, default_value_t = Task::Proximal)]
     task: Task,
     /// Number of seeds (default 5; 2 with --quick).
     #[arg(long)]
@@ -72,7 +73,7 @@ pub struct Args {
     #[arg(long)]
     finetune_steps: Option<usize>,
     /// Fine-tuning batch size (pre-training always uses 64).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Fine-tuning learning rate of Adam and of PROFIT's main (Adam) optimizer.
     #[arg(long, default_value_t = 1e-3)]
@@ -102,8 +103,9 @@ pub struct Args {
     sweep: bool,
 }
 
-/// The default `lr_main / lr_ref` of `profit digits`.
-pub const DEFAULT_RATIO: f64 = 1e4;
+/// The default `lr_main / lr_ref` of `profit digits` (on the old/new Pareto front of the
+/// proximal sweep at batch 128, EXPERIMENTS.md).
+pub const DEFAULT_RATIO: f64 = 1e3;
 const SWEEP_RATIOS: [f64; 5] = [10.0, 1e2, 1e3, 1e4, 1e5];
 const SWEEP_BATCHES: [usize; 2] = [32, 128];
 const PRETRAIN_BATCH: usize = 64;
@@ -559,12 +561,12 @@ pub fn run(args: Args) -> Result<(), String> {
         );
     }
     let t0 = Instant::now();
-    let runs: Vec<SeedRun> = s
-        .seeds
-        .iter()
-        .enumerate()
-        .map(|(k, &seed)| run_seed(&s, &arms, seed, k == 0, &sets))
-        .collect::<Result<_, _>>()?;
+    let runs: Vec<SeedRun> =
+        crate::common::per_seed(&s.seeds, crate::common::jobs(args.output.jobs), |k, seed| {
+            let r = run_seed(&s, &arms, seed, k == 0, &sets)?;
+            println!("  seed {seed} done in {:.1} s", r.seconds);
+            Ok(r)
+        })?;
     let total = t0.elapsed().as_secs_f64();
 
     let summaries: Vec<Summary> = arms
@@ -612,7 +614,7 @@ pub fn run(args: Args) -> Result<(), String> {
     println!("total {total:.1} s");
     if let Some(out) = args.output.plot_dir()? {
         let task = match s.task {
-            Task::Transposed => "digits",
+            Task::Transposed => "digits_transposed",
             Task::Proximal => "digits_proximal",
         };
         if s.sweep {

@@ -554,22 +554,20 @@ fn run_seed<const H: usize>(s: &Settings, arms: &[Arm], seed: u64, first: bool) 
     Ok(SeedRun { seed, results, curves, pretrain_curve, maps, seconds: t0.elapsed().as_secs_f64() })
 }
 
-fn run_all<const H: usize>(s: &Settings, arms: &[Arm]) -> Result<Vec<SeedRun>, String> {
-    let mut runs = vec![];
-    for (k, &seed) in s.seeds.iter().enumerate() {
+fn run_all<const H: usize>(s: &Settings, arms: &[Arm], jobs: usize) -> Result<Vec<SeedRun>, String> {
+    crate::common::per_seed(&s.seeds, jobs, |k, seed| {
         let r = run_seed::<H>(s, arms, seed, k == 0)?;
-        println!("  seed {seed} done in {:.1} s", r.seconds);
-        if !s.sweep {
-            let cells: Vec<String> = arms
-                .iter()
+        let cells: Vec<String> = if s.sweep {
+            vec![]
+        } else {
+            arms.iter()
                 .zip(&r.results)
                 .map(|(a, x)| format!("{} {} / {}", a.name, fmt(x.old), fmt(x.new)))
-                .collect();
-            println!("    {}", cells.join(", "));
-        }
-        runs.push(r);
-    }
-    Ok(runs)
+                .collect()
+        };
+        println!("  seed {seed} done in {:.1} s {}", r.seconds, cells.join(", "));
+        Ok(r)
+    })
 }
 
 /// Run `profit toy`.
@@ -612,13 +610,14 @@ pub fn run(args: Args) -> Result<(), String> {
         );
     }
     println!("  error: {}; seeds {:?}", s.metric, s.seeds);
+    let jobs = crate::common::jobs(args.output.jobs);
     let t0 = Instant::now();
     let runs = match s.hidden {
-        32 => run_all::<32>(&s, &arms)?,
-        64 => run_all::<64>(&s, &arms)?,
-        128 => run_all::<128>(&s, &arms)?,
-        256 => run_all::<256>(&s, &arms)?,
-        _ => run_all::<500>(&s, &arms)?,
+        32 => run_all::<32>(&s, &arms, jobs)?,
+        64 => run_all::<64>(&s, &arms, jobs)?,
+        128 => run_all::<128>(&s, &arms, jobs)?,
+        256 => run_all::<256>(&s, &arms, jobs)?,
+        _ => run_all::<500>(&s, &arms, jobs)?,
     };
     let total = t0.elapsed().as_secs_f64();
 

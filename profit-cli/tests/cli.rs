@@ -73,7 +73,7 @@ fn digits_quick_writes_json() {
     assert!(arms.iter().all(|(_, x)| x.iter().all(|&a| (0.0..=1.0).contains(&a))));
     // Pre-training on 200 steps learns the old task far above chance (10%).
     assert!(arms[0].1[0] > 0.5, "pre-trained old-task accuracy {}", arms[0].1[0]);
-    assert!(dir.join("digits_finetune_curves.svg").exists());
+    assert!(dir.join("digits_proximal_finetune_curves.svg").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -142,7 +142,7 @@ fn sweeps_write_json_and_scatter_plots() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&digits).unwrap()).unwrap();
     check_sweep(&v, 2 * 5);
     assert_eq!(v["settings"]["task"], "proximal");
-    assert!(dir.join("digits_proximal_sweep_b64.svg").exists());
+    assert!(dir.join("digits_proximal_sweep_b128.svg").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

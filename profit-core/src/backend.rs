@@ -311,6 +311,13 @@ pub trait TensorOps: Sized + 'static {
         Ok(())
     }
 
+    /// Called once when an optimizer is built over these tensors: reserve whatever scratch
+    /// the multi-tensor passes need for them, so that a step allocates nothing. Provided:
+    /// nothing to reserve.
+    fn prepare(_params: &[&Self::Tensor]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// f64 reductions of one tensor: `|grad|^2` always; `<delta, grad>` and `|delta|^2` from
     /// the given delta (zero for [`DeltaView::None`]). Must be deterministic.
     ///

@@ -794,16 +794,21 @@ impl<B: TensorOps> Profit<B> {
             || mine.restore != theirs.restore
             || mine.delta != theirs.delta
         {
+            let layout = |c: &ProfitConfig| {
+                format!(
+                    "reference {} {:?}, main {} {:?}, restore {:?}, delta {:?}",
+                    c.reference.kind(),
+                    c.reference.slot_names(),
+                    c.main.kind(),
+                    c.main.slot_names(),
+                    c.restore,
+                    c.delta
+                )
+            };
             return Err(err(format!(
-                "state layout differs: checkpoint has {}/{} (restore {:?}, delta {:?}), optimizer has {}/{} (restore {:?}, delta {:?})",
-                theirs.reference.kind(),
-                theirs.main.kind(),
-                theirs.restore,
-                theirs.delta,
-                mine.reference.kind(),
-                mine.main.kind(),
-                mine.restore,
-                mine.delta
+                "state layout differs: the checkpoint has {}; the optimizer has {}",
+                layout(theirs),
+                layout(mine)
             )));
         }
         let names: BTreeSet<&str> = self.reg.names.iter().map(String::as_str).collect();

@@ -157,6 +157,8 @@ impl<B: TensorOps> Registry<B> {
             }
         }
         let n = reg.names.len();
+        let all: Vec<&B::Tensor> = groups.iter().flat_map(|g| g.params.iter().map(|(_, t)| *t)).collect();
+        B::prepare(&all)?;
         reg.kernels = vec![Kernel::idle(); n];
         reg.reductions = vec![Reduction::default(); n];
         Ok(reg)

@@ -637,6 +637,13 @@ impl<B: TensorOps> Profit<B> {
         check_lr("lr", lr)?;
         let base = self.reg.groups[0].base_lr;
         if base > 0.0 {
+            if !(lr / base).is_finite() {
+                return Err(ProfitError::InvalidHyperparameter {
+                    name: "lr",
+                    value: lr,
+                    reason: "too large: the groups' rates, scaled in proportion, overflow",
+                });
+            }
             self.set_lr_factor(lr / base)?;
             self.set_group_lr(0, lr)
         } else {
@@ -682,6 +689,13 @@ impl<B: TensorOps> Profit<B> {
         check_lr("ref_lr", lr)?;
         let base = self.reg.groups[0].base_ref_lr;
         if base > 0.0 {
+            if !(lr / base).is_finite() {
+                return Err(ProfitError::InvalidHyperparameter {
+                    name: "ref_lr",
+                    value: lr,
+                    reason: "too large: the groups' rates, scaled in proportion, overflow",
+                });
+            }
             self.set_ref_lr_factor(lr / base)?;
             self.set_group_ref_lr(0, lr)
         } else {

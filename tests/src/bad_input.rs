@@ -167,6 +167,7 @@ pub fn all<H: Harness>(h: &H) {
     }
     skip_policy(h);
     bad_hyperparameters(h);
+    hostile_numerics(h);
     println!(
         "bad input {:<18} {checked} refused calls checked, plus skip policy and hyperparameters",
         h.label()
@@ -247,7 +248,72 @@ fn bad_hyperparameters<H: Harness>(h: &H) {
     let (lr, ref_lr) = (opt.lr(), opt.ref_lr());
     assert!(opt.set_lr(-1.0).is_err());
     assert!(opt.set_lr(f64::INFINITY).is_err());
+    // A huge but finite rate is blamed on `lr`, the value the caller passed.
+    match opt.set_lr(1e308) {
+        Err(ProfitError::InvalidHyperparameter { name: "lr", value, .. }) => assert_eq!(value, 1e308),
+        other => panic!("set_lr(1e308): {other:?}"),
+    }
     assert!(opt.set_ref_lr(-1.0).is_err());
     assert!(matches!(opt.set_group_lr(3, 0.1), Err(ProfitError::NoSuchGroup { index: 3, count: 1 })));
     assert_eq!((opt.lr(), opt.ref_lr()), (lr, ref_lr), "a refused learning rate changed the rates");
+}
+
+/// Finite input that once produced NaN weights: a main gradient far larger than the reference
+/// displacement (`|g| / |delta|` beyond the f32 range: `lr_ref` 1e-8 with a main gradient of
+/// 1e30, `lr_ref` 1e-40 with 0.1). Each call either succeeds with finite weights or is refused
+/// with a typed error that changes nothing; in both delta modes and with both projections.
+/// Here the projected gradient is representable, so every call must in fact succeed.
+fn hostile_numerics<H: Harness>(h: &H) {
+    let mut checked = 0;
+    let mut refused = 0;
+    for (lr_ref, g_ref, g_main) in
+        [(1e-8, 0.1, 1e30), (1e-40, 0.1, 0.1), (1e-30, 1e-3, 1e30), (1e-8, 1e30, 1e30)]
+    {
+        for delta in [Delta::Realized, Delta::Accumulated] {
+            for projection in [profit_core::Projection::Global, profit_core::Projection::PerTensor] {
+                let cfg = ProfitConfig {
+                    delta,
+                    projection,
+                    ..ProfitConfig::new(
+                        Sgd { lr: lr_ref, ..Sgd::default() },
+                        Sgd { lr: 1e-3, ..Sgd::default() },
+                    )
+                };
+                let (mut opt, mut params) = build(h, cfg);
+                let grads = |v: f64| -> Vec<T<H>> {
+                    SHAPES.iter().map(|s| h.tensor(s, &vec![v; s.iter().product()])).collect()
+                };
+                for (g, expect_main) in [(grads(g_ref), false), (grads(g_main), true)] {
+                    let before = read(h, &params);
+                    let calls = opt.calls();
+                    let (a, b) = params.split_at_mut(1);
+                    match opt.step(&mut [&mut a[0], &mut b[0]], &[&g[0], &g[1]]) {
+                        Ok(r) => {
+                            assert_eq!(r.phase == Phase::Main, expect_main);
+                            let after = read(h, &params);
+                            assert!(
+                                after.iter().flatten().all(|x| x.is_finite()),
+                                "{}: lr_ref {lr_ref:e}, g {g_ref:e} then {g_main:e}, {delta:?} {projection:?}: weights not finite: {after:?}",
+                                h.label()
+                            );
+                        }
+                        Err(ProfitError::ProjectionOverflow { .. }) => {
+                            assert_eq!(
+                                read(h, &params),
+                                before,
+                                "{}: a refused step changed the weights",
+                                h.label()
+                            );
+                            assert_eq!(opt.calls(), calls);
+                            refused += 1;
+                        }
+                        Err(e) => panic!("{}: lr_ref {lr_ref:e}: unexpected error {e}", h.label()),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("hostile numerics {:<18} {checked} calls: finite weights, {refused} refused", h.label());
+    assert_eq!(refused, 0, "{}: representable projections were refused", h.label());
 }

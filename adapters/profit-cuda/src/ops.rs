@@ -315,6 +315,10 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
         t.backend().zeros(&t.shape)
     }
 
+    fn prepare(params: &[&CudaTensor<E>]) -> Result<(), BackendError> {
+        prepare(params)
+    }
+
     fn read(t: &CudaTensor<E>, out: &mut [E]) -> Result<(), BackendError> {
         t.copy_to_host(out)
     }
@@ -355,6 +359,32 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
     ) -> Result<(), BackendError> {
         apply_all(active, kernels, params, grads, states)
     }
+}
+
+/// Reserve every scratch buffer a step over `params` uses (descriptor tables, scalar sets,
+/// reduction partials and results, host staging), so that steps allocate nothing.
+fn prepare<E: CudaElement>(params: &[&CudaTensor<E>]) -> Result<(), BackendError> {
+    let Some(first) = params.first() else { return Ok(()) };
+    let dev = first.dev.clone();
+    for p in params {
+        same_dev(&dev, p, "a parameter")?;
+    }
+    let n = params.len();
+    let blocks: u64 = params.iter().map(|p| (p.len as u64).div_ceil(REDUCE_CHUNK)).sum();
+    let mut guard = dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))?;
+    let s = &mut *guard;
+    for t in &mut s.tables {
+        ensure(&dev.stream, &mut t.dev, n * DESC_WORDS)?;
+        t.uploaded.reserve(n * DESC_WORDS);
+    }
+    ensure(&dev.stream, &mut s.scalars, n * SC_STRIDE * std::mem::size_of::<E>())?;
+    ensure(&dev.stream, &mut s.partials, 3 * blocks as usize)?;
+    ensure(&dev.stream, &mut s.out_dev, 3 * n)?;
+    s.out_host.reserve(3 * n);
+    s.words.reserve(n * DESC_WORDS);
+    s.bytes.reserve(n * SC_STRIDE * std::mem::size_of::<E>());
+    s.entries.reserve(n);
+    Ok(())
 }
 
 /// The first four descriptor words of a reduction over `grad` with `delta`: `p` (realized),

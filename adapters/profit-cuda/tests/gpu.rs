@@ -16,11 +16,16 @@ use profit_core::{
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 use profit_ndarray::NdArray;
 
+/// The GPU, or `None` (the test prints `SKIPPED` and passes). With `PROFIT_REQUIRE_GPU=1` (as on
+/// a GPU machine) a missing GPU fails the test instead.
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(g) => {
             println!("GPU: {} ({} SMs, PTX {:?})", g.device_name(), g.sm_count(), g.ptx_source());
             Some(g)
+        }
+        Err(e) if std::env::var("PROFIT_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("PROFIT_REQUIRE_GPU=1 but no usable GPU: {e}")
         }
         Err(e) => {
             println!("SKIPPED: no CUDA device: {e}");
