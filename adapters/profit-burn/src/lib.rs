@@ -1,0 +1,1 @@
+//! PROFIT for burn (work in progress).
