@@ -81,7 +81,11 @@ fn load() -> Result<(Set, Set), String> {
     flate2::read::GzDecoder::new(DIGITS_GZ).read_to_string(&mut text).map_err(|e| e.to_string())?;
     let mut all = Set { x: vec![], y: vec![] };
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Vec<f32> = line.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().map_err(|e| format!("line {}: {e}", i + 1))?;
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
         if v.len() != PIXELS + 1 {
             return Err(format!("line {}: {} values", i + 1, v.len()));
         }
@@ -171,17 +175,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for seed in 0..seeds {
         device.seed(seed);
         let report = |arm: &str, m: &Mlp| {
-            println!("{seed:<6} {arm:<26} {:>10.4} {:>10.4}", accuracy(m, &test_old, &device), accuracy(m, &test_new, &device));
+            println!(
+                "{seed:<6} {arm:<26} {:>10.4} {:>10.4}",
+                accuracy(m, &test_old, &device),
+                accuracy(m, &test_new, &device)
+            );
         };
         let mut pre = AdamWConfig::new().init();
-        let model = train(Mlp::new(&device), &train_old, PRETRAIN_STEPS, seed + 1000, &device, |m, g| pre.step(LR, m, g));
+        let model = train(Mlp::new(&device), &train_old, PRETRAIN_STEPS, seed + 1000, &device, |m, g| {
+            pre.step(LR, m, g)
+        });
         report("pre-trained", &model);
 
         let mut adamw = AdamWConfig::new().init();
-        let tuned = train(model.clone(), &train_new, FINETUNE_STEPS, seed + 2000, &device, |m, g| adamw.step(LR, m, g));
+        let tuned = train(model.clone(), &train_new, FINETUNE_STEPS, seed + 2000, &device, |m, g| {
+            adamw.step(LR, m, g)
+        });
         report("burn AdamW (lr 1e-3)", &tuned);
 
-        let config = ProfitConfig::new(Sgd { lr: LR / RATIO, ..Default::default() }, Adam { lr: LR, ..Default::default() });
+        let config = ProfitConfig::new(
+            Sgd { lr: LR / RATIO, ..Default::default() },
+            Adam { lr: LR, ..Default::default() },
+        );
         let mut opt = BurnProfit::new(&model, config)?;
         let tuned = train(model, &train_new, FINETUNE_STEPS, seed + 2000, &device, |m, g| {
             let m = opt.step(LR, m, g);

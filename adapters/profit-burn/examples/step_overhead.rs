@@ -80,7 +80,12 @@ fn time(
     }
     let fmt = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.0} us") };
     let (r, mn) = (median(&mut refs), median(&mut mains));
-    println!("{label:<30} {params:>10} {name:<28} {:>11} {:>11} {:>11}", fmt(total / steps as f64), fmt(r), fmt(mn));
+    println!(
+        "{label:<30} {params:>10} {name:<28} {:>11} {:>11} {:>11}",
+        fmt(total / steps as f64),
+        fmt(r),
+        fmt(mn)
+    );
 }
 
 fn main() {
@@ -90,7 +95,10 @@ fn main() {
     };
     let device = Device::default().autodiff();
     device.seed(0);
-    println!("{:<30} {:>10} {:<28} {:>11} {:>11} {:>11}", "model", "params", "optimizer", "mean/call", "median ref", "median main");
+    println!(
+        "{:<30} {:>10} {:<28} {:>11} {:>11} {:>11}",
+        "model", "params", "optimizer", "mean/call", "median ref", "median main"
+    );
     for widths in [vec![64, 128, 128, 10], vec![784, 1024, 1024, 10], vec![1024, 2048, 2048, 2048, 10]] {
         let model = Mlp::new(&widths, &device);
         let x = Tensor::<2>::random([32, widths[0]], Distribution::Normal(0.0, 1.0), &device);

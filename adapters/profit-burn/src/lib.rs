@@ -239,11 +239,13 @@ impl<E: BurnElement> ModuleVisitor for Gather<'_, E> {
             };
             let bad = |reason: String| BurnProfitError::GradientMismatch { name: name.clone(), reason };
             if g.dims().as_slice() != self.reg.shapes[i].as_slice() {
-                self.error = Some(bad(format!("shape {:?}, the parameter's is {:?}", g.dims(), self.reg.shapes[i])));
+                self.error =
+                    Some(bad(format!("shape {:?}, the parameter's is {:?}", g.dims(), self.reg.shapes[i])));
                 return;
             }
             if g.dtype() != E::BURN_DTYPE {
-                self.error = Some(bad(format!("dtype {:?}, the parameter's is {:?}", g.dtype(), E::BURN_DTYPE)));
+                self.error =
+                    Some(bad(format!("dtype {:?}, the parameter's is {:?}", g.dtype(), E::BURN_DTYPE)));
                 return;
             }
             if let Err(e) = copy_data(host_data(g), &mut out[i].data) {
@@ -288,7 +290,7 @@ impl<E: BurnElement> ModuleMapper for Scatter<'_, E> {
             }
         }
         if tensor.is_distributed() {
-            updated = updated.set_distributed(id.into());
+            updated = updated.set_distributed(id);
         }
         Param::from_mapped_value(id, updated, mapper)
     }
@@ -302,7 +304,9 @@ struct Core<E: BurnElement> {
 
 impl<E: BurnElement> Core<E> {
     fn new<M: Module>(module: &M, reg: &Registry, config: ProfitConfig) -> Result<Self, BurnProfitError> {
-        let zeros = |s: &Vec<usize>| VecTensor::new(s, vec![<E as profit_core::Element>::from_f64(0.0); s.iter().product()]);
+        let zeros = |s: &Vec<usize>| {
+            VecTensor::new(s, vec![<E as profit_core::Element>::from_f64(0.0); s.iter().product()])
+        };
         let mut params: Vec<VecTensor<E>> = reg.shapes.iter().map(|s| zeros(s).expect("sizes")).collect();
         let grads = params.clone();
         let mut g = Gather::<E> { reg, params: &mut params, grads: None, found: 0, error: None };
@@ -315,7 +319,12 @@ impl<E: BurnElement> Core<E> {
         Ok(Core { profit, params, grads })
     }
 
-    fn gather<M: Module>(&mut self, module: &M, reg: &Registry, grads: &GradientsParams) -> Result<(), BurnProfitError> {
+    fn gather<M: Module>(
+        &mut self,
+        module: &M,
+        reg: &Registry,
+        grads: &GradientsParams,
+    ) -> Result<(), BurnProfitError> {
         let mut g = Gather::<E> {
             reg,
             params: &mut self.params,
@@ -382,7 +391,14 @@ impl BurnProfit {
     /// Build over every float parameter of `module` that requires a gradient, named by its
     /// module path. All optimizer state is allocated here.
     pub fn new<M: Module>(module: &M, config: ProfitConfig) -> Result<Self, BurnProfitError> {
-        let mut c = Collect { path: Path::default(), seen: 0, names: vec![], ids: vec![], shapes: vec![], dtypes: vec![] };
+        let mut c = Collect {
+            path: Path::default(),
+            seen: 0,
+            names: vec![],
+            ids: vec![],
+            shapes: vec![],
+            dtypes: vec![],
+        };
         module.visit(&mut c);
         let Some(&first) = c.dtypes.first() else { return Err(BurnProfitError::NoParameters) };
         for (name, &dtype) in c.names.iter().zip(&c.dtypes) {

@@ -47,7 +47,9 @@ fn replay<E: BurnElement>(case: &GoldenCase, delta: Delta, tol: f64) -> Result<f
     let mut worst = 0.0f64;
     for (call, (rows, rec)) in p.batches.iter().zip(&case.trajectory).enumerate() {
         let at = |m: String| format!("{} [{}] call {call}: {m}", case.name, delta_name(delta));
-        let pick = |m: &[f64], w: usize| rows.iter().flat_map(|&r| m[r * w..(r + 1) * w].iter().copied()).collect::<Vec<_>>();
+        let pick = |m: &[f64], w: usize| {
+            rows.iter().flat_map(|&r| m[r * w..(r + 1) * w].iter().copied()).collect::<Vec<_>>()
+        };
         let x = tensor::<E, 2>(&pick(&p.features.data, d), &[rows.len(), d], &device);
         let y = tensor::<E, 2>(&pick(&p.targets.data, k), &[rows.len(), k], &device);
         // loss = 0.5 * sum((x @ w + b - y)^2) / m, differentiated by burn.

@@ -32,7 +32,10 @@ impl Net {
 fn config() -> ProfitConfig {
     ProfitConfig {
         n_ref: 2,
-        ..ProfitConfig::new(Sgd { lr: 1e-3, momentum: 0.9, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() })
+        ..ProfitConfig::new(
+            Sgd { lr: 1e-3, momentum: 0.9, ..Default::default() },
+            Adam { lr: 1e-2, ..Default::default() },
+        )
     }
 }
 
@@ -86,7 +89,10 @@ fn burn_style_step_sets_the_rate_and_keeps_the_parameters_trainable() {
     let s = snapshot(&model);
     let grads = model.grads(6, &device);
     model = opt.step(-1.0, model, grads);
-    assert!(matches!(opt.last_error(), Some(BurnProfitError::Profit(ProfitError::InvalidHyperparameter { .. }))));
+    assert!(matches!(
+        opt.last_error(),
+        Some(BurnProfitError::Profit(ProfitError::InvalidHyperparameter { .. }))
+    ));
     assert_eq!(snapshot(&model), s);
     assert_eq!(opt.calls(), 6);
 }
@@ -146,18 +152,25 @@ fn bad_gradients_are_typed_and_change_nothing() {
             (grads, "missing"),
             (full(&|g| g.register::<2>(id, Tensor::ones([3, 3], &inner))), "shape"),
             (
-                full(&|g| g.register::<2>(id, Tensor::from_data(TensorData::new(vec![f32::NAN; 10], [5, 2]), &inner))),
+                full(&|g| {
+                    g.register::<2>(
+                        id,
+                        Tensor::from_data(TensorData::new(vec![f32::NAN; 10], [5, 2]), &inner),
+                    )
+                }),
                 "nan",
             ),
         ]
     };
     for (grads, what) in cases {
-        let StepFailure { module, error } = opt.try_step(model, &grads).err().expect(what);
+        let StepFailure { module, error } = opt.try_step(model, &grads).expect_err(what);
         model = module;
         match (what, &error) {
             ("missing", BurnProfitError::MissingGradient { name }) => assert_eq!(name, "b.weight"),
             ("shape", BurnProfitError::GradientMismatch { name, .. }) => assert_eq!(name, "b.weight"),
-            ("nan", BurnProfitError::Profit(ProfitError::NonFiniteGradient { name })) => assert_eq!(name, "b.weight"),
+            ("nan", BurnProfitError::Profit(ProfitError::NonFiniteGradient { name })) => {
+                assert_eq!(name, "b.weight")
+            }
             _ => panic!("{what}: unexpected {error:?}"),
         }
         assert_eq!(snapshot(&model), before, "{what}");

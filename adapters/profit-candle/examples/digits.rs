@@ -70,7 +70,10 @@ impl Set {
         }
     }
     fn tensors(&self, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((Tensor::from_slice(&self.x, (self.len(), PIXELS), dev)?, Tensor::from_slice(&self.y, self.len(), dev)?))
+        Ok((
+            Tensor::from_slice(&self.x, (self.len(), PIXELS), dev)?,
+            Tensor::from_slice(&self.y, self.len(), dev)?,
+        ))
     }
 }
 
@@ -80,7 +83,11 @@ fn load() -> Result<(Set, Set), String> {
     flate2::read::GzDecoder::new(DIGITS_GZ).read_to_string(&mut text).map_err(|e| e.to_string())?;
     let mut all = Set { x: vec![], y: vec![] };
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Vec<f32> = line.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().map_err(|e| format!("line {}: {e}", i + 1))?;
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
         if v.len() != PIXELS + 1 {
             return Err(format!("line {}: {} values", i + 1, v.len()));
         }
@@ -104,7 +111,11 @@ struct Mlp {
 
 impl Mlp {
     fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Mlp { l1: linear(PIXELS, 128, vb.pp("l1"))?, l2: linear(128, 128, vb.pp("l2"))?, l3: linear(128, CLASSES, vb.pp("l3"))? })
+        Ok(Mlp {
+            l1: linear(PIXELS, 128, vb.pp("l1"))?,
+            l2: linear(128, 128, vb.pp("l2"))?,
+            l3: linear(128, CLASSES, vb.pp("l3"))?,
+        })
     }
 }
 
@@ -199,7 +210,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut pre = AdamW::new(vm.all_vars(), adamw(LR))?;
         train(&model, &train_old, PRETRAIN_STEPS, seed + 1000, &dev, |loss| pre.backward_step(loss))?;
         let report = |arm: &str, m: &Mlp| -> candle_core::Result<()> {
-            println!("{seed:<6} {arm:<26} {:>10.4} {:>10.4}", accuracy(m, &test_old, &dev)?, accuracy(m, &test_new, &dev)?);
+            println!(
+                "{seed:<6} {arm:<26} {:>10.4} {:>10.4}",
+                accuracy(m, &test_old, &dev)?,
+                accuracy(m, &test_new, &dev)?
+            );
             Ok(())
         };
         report("pre-trained", &model)?;
@@ -210,7 +225,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report("candle AdamW (lr 1e-3)", &m_a)?;
 
         let (vm_p, m_p) = clone_model(&vm, &dev)?;
-        let config = ProfitConfig::new(Sgd { lr: LR / RATIO, ..Default::default() }, Adam { lr: LR, ..Default::default() });
+        let config = ProfitConfig::new(
+            Sgd { lr: LR / RATIO, ..Default::default() },
+            Adam { lr: LR, ..Default::default() },
+        );
         let mut opt = CandleProfit::from_varmap(&vm_p, config)?;
         train(&m_p, &train_new, FINETUNE_STEPS, seed + 2000, &dev, |loss| opt.backward_step(loss))?;
         report("PROFIT (SGD ref, Adam)", &m_p)?;

@@ -52,7 +52,10 @@ fn main() -> candle_core::Result<()> {
         Some(s) => s.parse().expect("--steps N"),
         None => 200,
     };
-    println!("{:<30} {:>10} {:<28} {:>11} {:>11} {:>11}", "model", "params", "optimizer", "mean/call", "median ref", "median main");
+    println!(
+        "{:<30} {:>10} {:<28} {:>11} {:>11} {:>11}",
+        "model", "params", "optimizer", "mean/call", "median ref", "median main"
+    );
     for widths in [vec![64, 128, 128, 10], vec![784, 1024, 1024, 10], vec![1024, 2048, 2048, 2048, 10]] {
         let vm = VarMap::new();
         let m = Mlp::new(&vm, &widths)?;
@@ -78,7 +81,12 @@ fn main() -> candle_core::Result<()> {
             }
             let (r, mn) = (median(&mut refs), median(&mut mains));
             let fmt = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.0} us") };
-            println!("{label:<30} {params:>10} {name:<28} {:>11} {:>11} {:>11}", fmt(total / steps as f64), fmt(r), fmt(mn));
+            println!(
+                "{label:<30} {params:>10} {name:<28} {:>11} {:>11} {:>11}",
+                fmt(total / steps as f64),
+                fmt(r),
+                fmt(mn)
+            );
         };
         let mut adamw = AdamW::new(vm.all_vars(), ParamsAdamW::default())?;
         time("candle AdamW", &mut || {
@@ -88,7 +96,8 @@ fn main() -> candle_core::Result<()> {
         let config = ProfitConfig::new(Sgd { lr: 1e-7, ..Default::default() }, Adam::default());
         for access in [Access::Auto, Access::Copy] {
             let mut opt = CandleProfit::from_varmap_with(&vm, config, access).unwrap();
-            let name = if access == Access::Copy { "CandleProfit (copying)" } else { "CandleProfit (in place)" };
+            let name =
+                if access == Access::Copy { "CandleProfit (copying)" } else { "CandleProfit (in place)" };
             time(name, &mut || Some(opt.try_step(&grads).unwrap().phase));
         }
     }

@@ -69,10 +69,17 @@ pub struct CandleBuf<E> {
 }
 
 enum Repr<E> {
-    Host { data: Vec<E>, shape: Vec<usize> },
+    Host {
+        data: Vec<E>,
+        shape: Vec<usize>,
+    },
     Tensor(Tensor),
     /// A slice of a locked candle storage or of a host buffer, valid only inside one pass.
-    View { ptr: *mut E, len: usize, writable: bool },
+    View {
+        ptr: *mut E,
+        len: usize,
+        writable: bool,
+    },
 }
 
 // SAFETY: a `View` is only built inside a pass, from a slice the pass holds (a candle storage
@@ -162,7 +169,9 @@ impl<E: CandleElement> HostBackend for Views<E> {
         match &mut t.repr {
             Repr::Host { data, .. } => Ok(data),
             // SAFETY: writable views come from storage the pass holds exclusively.
-            Repr::View { ptr, len, writable: true } => Ok(unsafe { std::slice::from_raw_parts_mut(*ptr, *len) }),
+            Repr::View { ptr, len, writable: true } => {
+                Ok(unsafe { std::slice::from_raw_parts_mut(*ptr, *len) })
+            }
             Repr::View { .. } => Err(BackendError::Device("read-only view written".into())),
             Repr::Tensor(_) => Err(BackendError::Device("candle tensor used outside a lock".into())),
         }
@@ -211,7 +220,11 @@ impl<'a> Reads<'a> {
 }
 
 fn dtype_err<E: CandleElement>(t: &Tensor) -> BackendError {
-    BackendError::Device(format!("tensor is {:?}, expected {:?}", t.dtype(), <E as candle_core::WithDType>::DTYPE))
+    BackendError::Device(format!(
+        "tensor is {:?}, expected {:?}",
+        t.dtype(),
+        <E as candle_core::WithDType>::DTYPE
+    ))
 }
 
 /// Refuse parameters that share a storage with each other, and gradients that share one with
@@ -232,6 +245,8 @@ fn check_aliasing<E: CandleElement>(
     }
     Ok(())
 }
+
+type ViewsBody<'b, E> = dyn FnMut(&mut [&mut CandleBuf<E>]) -> Result<(), BackendError> + 'b;
 
 type Body<'b, E> = dyn FnMut(&[(*mut E, usize)]) -> Result<(), BackendError> + 'b;
 
@@ -255,7 +270,10 @@ impl<E: CandleElement> InplaceOp1 for Nest<'_, '_, E> {
             Ok(())
         };
         let Some(data) = E::cpu_slice_mut(s) else {
-            return fail(BackendError::Device(format!("parameter is not {:?}", <E as candle_core::WithDType>::DTYPE)));
+            return fail(BackendError::Device(format!(
+                "parameter is not {:?}",
+                <E as candle_core::WithDType>::DTYPE
+            )));
         };
         let Some((a, b)) = l.contiguous_offsets() else {
             return fail(BackendError::NotContiguous);
@@ -295,7 +313,7 @@ fn with_locked<E: CandleElement>(tensors: &[&Tensor], body: &mut Body<'_, E>) ->
 /// Run `f` on writable views of `params[range]` (candle tensors locked, host buffers borrowed).
 fn with_param_views<E: CandleElement>(
     params: &mut [&mut CandleBuf<E>],
-    f: &mut dyn FnMut(&mut [&mut CandleBuf<E>]) -> Result<(), BackendError>,
+    f: &mut ViewsBody<'_, E>,
 ) -> Result<(), BackendError> {
     let tensors: Vec<Tensor> = params.iter().filter_map(|p| p.as_tensor().cloned()).collect();
     let trefs: Vec<&Tensor> = tensors.iter().collect();

@@ -178,16 +178,25 @@ impl<E: CandleElement> Core<E> {
         // Look every gradient up and check it before anything changes.
         let mut found = Vec::with_capacity(vars.len());
         for (name, var) in vars {
-            let g = store.get(var).ok_or_else(|| CandleProfitError::MissingGradient { name: name.clone() })?;
+            let g =
+                store.get(var).ok_or_else(|| CandleProfitError::MissingGradient { name: name.clone() })?;
             let bad = |reason: String| CandleProfitError::GradientMismatch { name: name.clone(), reason };
             if g.dims() != var.dims() {
                 return Err(bad(format!("shape {:?}, the var's is {:?}", g.dims(), var.dims())));
             }
             if g.dtype() != <E as candle_core::WithDType>::DTYPE {
-                return Err(bad(format!("dtype {:?}, the var's is {:?}", g.dtype(), <E as candle_core::WithDType>::DTYPE)));
+                return Err(bad(format!(
+                    "dtype {:?}, the var's is {:?}",
+                    g.dtype(),
+                    <E as candle_core::WithDType>::DTYPE
+                )));
             }
             if !g.device().same_device(var.device()) {
-                return Err(bad(format!("on {:?}, the var on {:?}", g.device().location(), var.device().location())));
+                return Err(bad(format!(
+                    "on {:?}, the var on {:?}",
+                    g.device().location(),
+                    var.device().location()
+                )));
             }
             found.push(g);
         }
@@ -291,7 +300,11 @@ impl CandleProfit {
     }
 
     /// [`from_varmap`](Self::from_varmap) with a chosen [`Access`].
-    pub fn from_varmap_with(varmap: &VarMap, config: ProfitConfig, access: Access) -> Result<Self, CandleProfitError> {
+    pub fn from_varmap_with(
+        varmap: &VarMap,
+        config: ProfitConfig,
+        access: Access,
+    ) -> Result<Self, CandleProfitError> {
         let mut vars: Vec<(String, Var)> = {
             let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("VarMap lock poisoned"))?;
             data.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
@@ -326,7 +339,7 @@ impl CandleProfit {
 
     /// The device of the first var.
     pub fn device(&self) -> &Device {
-        &self.vars[0].1.device()
+        self.vars[0].1.device()
     }
 
     /// The vars' dtype (`F32` or `F64`).

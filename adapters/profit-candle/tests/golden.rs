@@ -22,7 +22,12 @@ fn values<E: CandleElement>(t: &Tensor) -> Vec<f64> {
 }
 
 /// Replay one case; returns the worst parameter error.
-fn replay<E: CandleElement>(case: &GoldenCase, delta: Delta, tol: f64, access: Access) -> Result<f64, String> {
+fn replay<E: CandleElement>(
+    case: &GoldenCase,
+    delta: Delta,
+    tol: f64,
+    access: Access,
+) -> Result<f64, String> {
     let p = &case.problem;
     let (pw, pb) = (&p.params[0], &p.params[1]);
     let (n, d, k) = (p.features.shape[0], p.features.shape[1], p.targets.shape[1]);
@@ -37,8 +42,9 @@ fn replay<E: CandleElement>(case: &GoldenCase, delta: Delta, tol: f64, access: A
     let mut worst = 0.0f64;
     for (call, (rows, rec)) in p.batches.iter().zip(&case.trajectory).enumerate() {
         let at = |m: String| format!("{} [{} {access:?}] call {call}: {m}", case.name, delta_name(delta));
-        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &Device::Cpu)
-            .unwrap();
+        let idx =
+            Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &Device::Cpu)
+                .unwrap();
         let (x, y) = (x_all.index_select(&idx, 0).unwrap(), y_all.index_select(&idx, 0).unwrap());
         // loss = 0.5 * sum((x @ w + b - y)^2) / m, differentiated by candle.
         let r = x.matmul(&w).unwrap().broadcast_add(&b).unwrap().sub(&y).unwrap();

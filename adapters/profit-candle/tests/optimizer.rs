@@ -10,7 +10,10 @@ use profit_core::{Adam, Phase, ProfitConfig, ProfitError, Sgd};
 fn config() -> ProfitConfig {
     ProfitConfig {
         n_ref: 2,
-        ..ProfitConfig::new(Sgd { lr: 1e-3, momentum: 0.9, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() })
+        ..ProfitConfig::new(
+            Sgd { lr: 1e-3, momentum: 0.9, ..Default::default() },
+            Adam { lr: 1e-2, ..Default::default() },
+        )
     }
 }
 
@@ -25,7 +28,8 @@ impl Mlp {
         Mlp { a: linear(4, 8, vb.pp("a")).unwrap(), b: linear(8, 3, vb.pp("b")).unwrap() }
     }
     fn loss(&self, step: usize, dtype: DType) -> Tensor {
-        let x = Tensor::arange(0u32, 24, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().reshape((6, 4)).unwrap();
+        let x =
+            Tensor::arange(0u32, 24, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().reshape((6, 4)).unwrap();
         let x = ((x * (0.1 + step as f64 * 0.01)).unwrap().sin()).unwrap();
         let h = self.a.forward(&x).unwrap().relu().unwrap();
         let y = self.b.forward(&h).unwrap();
@@ -172,7 +176,9 @@ fn bad_gradients_are_typed_and_change_nothing() {
         let e = opt.try_step(&store).unwrap_err();
         match (what, &e) {
             ("shape" | "dtype", CandleProfitError::GradientMismatch { name, .. }) => assert_eq!(name, "w"),
-            ("nan", CandleProfitError::Profit(ProfitError::NonFiniteGradient { name })) => assert_eq!(name, "w"),
+            ("nan", CandleProfitError::Profit(ProfitError::NonFiniteGradient { name })) => {
+                assert_eq!(name, "w")
+            }
             ("alias", CandleProfitError::Profit(ProfitError::Backend(_))) => {}
             _ => panic!("{what}: unexpected {e:?}"),
         }
@@ -195,10 +201,13 @@ fn bad_gradients_are_typed_and_change_nothing() {
 fn unsupported_and_inconsistent_vars_are_refused() {
     let dev = Device::Cpu;
     let f = |dtype| Var::zeros((2, 2), dtype, &dev).unwrap();
-    let named = |vs: Vec<Var>| vs.into_iter().enumerate().map(|(i, v)| (format!("v{i}"), v)).collect::<Vec<_>>();
+    let named =
+        |vs: Vec<Var>| vs.into_iter().enumerate().map(|(i, v)| (format!("v{i}"), v)).collect::<Vec<_>>();
     let e = CandleProfit::with_names(named(vec![f(DType::BF16)]), config(), Access::Auto).err().unwrap();
     assert!(matches!(e, CandleProfitError::UnsupportedDtype { dtype: DType::BF16, .. }), "{e:?}");
-    let e = CandleProfit::with_names(named(vec![f(DType::F32), f(DType::F64)]), config(), Access::Auto).err().unwrap();
+    let e = CandleProfit::with_names(named(vec![f(DType::F32), f(DType::F64)]), config(), Access::Auto)
+        .err()
+        .unwrap();
     assert!(matches!(e, CandleProfitError::MixedDtypes { .. }), "{e:?}");
     let v = f(DType::F32);
     let e = CandleProfit::with_names(named(vec![v.clone(), v]), config(), Access::Auto).err().unwrap();
@@ -206,7 +215,8 @@ fn unsupported_and_inconsistent_vars_are_refused() {
     let e = CandleProfit::with_names(named(vec![f(DType::U32)]), config(), Access::Auto).err().unwrap();
     assert!(matches!(e, CandleProfitError::NoVars), "{e:?}");
     // Integer vars are left out, as candle's optimizers do.
-    let opt = CandleProfit::with_names(named(vec![f(DType::U32), f(DType::F64)]), config(), Access::Auto).unwrap();
+    let opt =
+        CandleProfit::with_names(named(vec![f(DType::U32), f(DType::F64)]), config(), Access::Auto).unwrap();
     assert_eq!(opt.names(), ["v1"]);
     let bad = ProfitConfig { n_ref: 0, ..config() };
     let e = CandleProfit::with_names(named(vec![f(DType::F32)]), bad, Access::Auto).err().unwrap();
