@@ -36,7 +36,7 @@
 //!    [`GradientsParams`]) into host buffers allocated once (burn's host data is always a copy:
 //!    `into_data`);
 //! 2. `profit-core` steps those buffers with its fused host loops
-//!    ([`VecBackend`](profit_core::host::VecBackend));
+//!    ([`VecBackend`]);
 //! 3. a [`ModuleMapper`] pass rebuilds each parameter from its buffer (`from_data`) on the
 //!    parameter's device, with its id, `require_grad` and autodiff settings, as burn's own
 //!    optimizers do.
