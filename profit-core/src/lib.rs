@@ -27,6 +27,7 @@ pub mod profit;
 pub mod schedule;
 
 pub use backend::{DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant};
+pub use checkpoint::{LoadOptions, SaveOptions};
 pub use element::{Dtype, Element, Real};
 pub use error::{BackendError, ProfitError, Result};
 pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Rule, Sgd};

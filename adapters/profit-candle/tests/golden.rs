@@ -1,0 +1,126 @@
+//! Every golden trajectory replayed through candle itself: the least-squares model as two
+//! `Var`s, the loss built from candle ops, gradients from candle's `backward()`, and
+//! [`CandleProfit::try_step`], in place and through the copying path.
+//!
+//! Modes and tolerances (golden READMEs): f32 vars replay the float64 files with the
+//! accumulated delta within 1e-4 and the float32 files with the realized delta within 1e-5;
+//! f64 vars replay the float64 files in both delta modes within 1e-10.
+
+use candle_core::{Device, Tensor, Var};
+use profit_candle::{Access, CandleElement, CandleProfit};
+use profit_conformance::golden::{bools, golden_files, param_error, GoldenCase};
+use profit_conformance::{delta_name, TOLERANCE_F32_FILES};
+use profit_core::{Delta, Dtype, Element, ProfitConfig};
+
+fn tensor<E: CandleElement>(data: &[f64], shape: &[usize]) -> Tensor {
+    let v: Vec<E> = data.iter().map(|&x| <E as Element>::from_f64(x)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn values<E: CandleElement>(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_vec1::<E>().unwrap().iter().map(|x| x.as_f64()).collect()
+}
+
+/// Replay one case; returns the worst parameter error.
+fn replay<E: CandleElement>(
+    case: &GoldenCase,
+    delta: Delta,
+    tol: f64,
+    access: Access,
+) -> Result<f64, String> {
+    let p = &case.problem;
+    let (pw, pb) = (&p.params[0], &p.params[1]);
+    let (n, d, k) = (p.features.shape[0], p.features.shape[1], p.targets.shape[1]);
+    let x_all = tensor::<E>(&p.features.data, &[n, d]);
+    let y_all = tensor::<E>(&p.targets.data, &[n, k]);
+    let w = Var::from_tensor(&tensor::<E>(&pw.init, &pw.shape)).unwrap();
+    let b = Var::from_tensor(&tensor::<E>(&pb.init, &pb.shape)).unwrap();
+    let config = ProfitConfig { delta, ..case.profit_config()? };
+    let vars = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
+    let mut opt = CandleProfit::with_names(vars, config, access).map_err(|e| e.to_string())?;
+    assert_eq!(opt.copies(), access == Access::Copy);
+    let mut worst = 0.0f64;
+    for (call, (rows, rec)) in p.batches.iter().zip(&case.trajectory).enumerate() {
+        let at = |m: String| format!("{} [{} {access:?}] call {call}: {m}", case.name, delta_name(delta));
+        let idx =
+            Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &Device::Cpu)
+                .unwrap();
+        let (x, y) = (x_all.index_select(&idx, 0).unwrap(), y_all.index_select(&idx, 0).unwrap());
+        // loss = 0.5 * sum((x @ w + b - y)^2) / m, differentiated by candle.
+        let r = x.matmul(&w).unwrap().broadcast_add(&b).unwrap().sub(&y).unwrap();
+        let loss = (r.sqr().unwrap().sum_all().unwrap() * (0.5 / rows.len() as f64)).unwrap();
+        let grads = loss.backward().map_err(|e| at(e.to_string()))?;
+        let report = opt.try_step(&grads).map_err(|e| at(e.to_string()))?;
+        if report.phase.name() != rec.phase {
+            return Err(at(format!("phase {}, expected {}", report.phase.name(), rec.phase)));
+        }
+        for (name, var) in [("w", &w), ("b", &b)] {
+            let exp = rec.params.get(name).ok_or_else(|| at(format!("no {name}")))?;
+            let err = param_error(&values::<E>(var.as_tensor()), exp);
+            worst = worst.max(err);
+            if err.is_nan() || err > tol {
+                return Err(at(format!("param {name} error {err:.3e} > {tol:.0e}")));
+            }
+        }
+        if let (Some(exp), Some(main)) = (&rec.projected, report.main) {
+            let got: Vec<bool> = if exp.is_array() {
+                opt.tensor_reports().iter().map(|r| r.projected).collect()
+            } else {
+                vec![main.projected]
+            };
+            if bools(exp) != got {
+                return Err(at(format!("projected {got:?}, expected {exp}")));
+            }
+        }
+    }
+    Ok(worst)
+}
+
+fn replay_all<E: CandleElement>() {
+    let files = golden_files().expect("golden files");
+    assert!(!files.is_empty(), "no golden cases");
+    let mut failures = vec![];
+    let mut runs = 0;
+    for f in &files {
+        let case = match GoldenCase::load(&f.path) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let plan: Vec<(Delta, f64)> = match (case.is_float32(), <E as Element>::DTYPE) {
+            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
+            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
+            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
+            (true, Dtype::F64) => vec![],
+        };
+        for (delta, tol) in plan {
+            for access in [Access::Auto, Access::Copy] {
+                runs += 1;
+                match replay::<E>(&case, delta, tol, access) {
+                    Ok(worst) => println!(
+                        "golden {:<28} candle-{}-{:<5} {:<11} worst param error {worst:.3e} (tol {tol:.0e})",
+                        case.name,
+                        <E as Element>::DTYPE,
+                        format!("{access:?}").to_lowercase(),
+                        delta_name(delta)
+                    ),
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+    }
+    assert!(runs > 0);
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn golden_replay_through_candle_autodiff_f32() {
+    replay_all::<f32>();
+}
+
+#[test]
+fn golden_replay_through_candle_autodiff_f64() {
+    replay_all::<f64>();
+}
