@@ -4,7 +4,7 @@
 //! [`CudaTensor<E>`] (`E = f32` or `f64`) with fused PTX kernels (`cuda-kernels/profit.cu`)
 //! driven by [cudarc](https://docs.rs/cudarc).
 //!
-//! - Every pass is one pass over memory (SPEC section 4): a reference call reads `theta, g` and
+//! - Every pass is one pass over memory (the cost table of ALGORITHM.md, section 7): a reference call reads `theta, g` and
 //!   writes `theta, delta` (+ the anchor); a main call reduces `<delta, g>, |delta|^2, |g|^2`
 //!   in f64, then projects, restores and steps the main optimizer in one more pass.
 //! - One launch covers all tensors (a device table of pointers and per-tensor scalars), so a
