@@ -1,7 +1,7 @@
 //! # profit-cuda
 //!
 //! PROFIT on NVIDIA GPUs: [`Cuda<E>`] implements [`profit_core::TensorOps`] over
-//! [`CudaTensor<E>`] (`E = f32` or `f64`) with fused PTX kernels (`cuda-kernels/profit.cu`)
+//! [`CudaTensor<E>`] (`E = f32`, `f64`, `half::bf16` or `half::f16`) with fused PTX kernels (`cuda-kernels/profit.cu`)
 //! driven by [cudarc](https://docs.rs/cudarc).
 //!
 //! - Every pass is one pass over memory (the cost table of ALGORITHM.md, section 7): a reference call reads `theta, g` and
@@ -35,7 +35,9 @@
 //! Parameters kept elsewhere move in and out with [`CudaBackend::upload`],
 //! [`CudaTensor::copy_from_host`], [`CudaTensor::copy_to_host`] and [`CudaTensor::to_vec`].
 //!
-//! Storage in bf16/f16 is not implemented (f32 and f64 only).
+//! bf16 and f16 tensors are stored in 16 bits and computed in f32 with one rounding per stored
+//! value (the kernels convert with integer code, rounding to nearest even), as the host
+//! backends do; the reductions stay in f64. Their speed on a GPU has not been measured yet.
 
 #![warn(missing_docs)]
 
