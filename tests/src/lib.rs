@@ -218,9 +218,3 @@ macro_rules! conformance_suite {
         }
     };
 }
-
-/// The README's code examples, compiled and run as doc-tests (this crate has every adapter
-/// as a dev-dependency).
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

@@ -26,8 +26,8 @@ use profit_core::{BackendError, DeltaView, Element, Kernel, Reduction, TensorOps
 /// Parameters locked for writing at once (one nested candle callback each).
 pub const NEST: usize = 64;
 
-/// An element type the adapter runs on: `f32` or `f64` (profit-core's element types that candle
-/// stores on the CPU).
+/// An element type the adapter runs on: `f32`, `f64`, `half::bf16` or `half::f16` (the
+/// element types profit-core and candle share).
 pub trait CandleElement: Element + candle_core::WithDType + sealed::Sealed {
     /// The elements of a CPU storage of this type, or `None` for another dtype.
     fn cpu_slice(s: &CpuStorage) -> Option<&[Self]>;
@@ -39,6 +39,8 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
 }
 
 macro_rules! element {
@@ -61,6 +63,8 @@ macro_rules! element {
 }
 element!(f32, F32);
 element!(f64, F64);
+element!(half::bf16, BF16);
+element!(half::f16, F16);
 
 /// A tensor as the [`Candle`] backend sees it: a candle tensor (parameters and gradients,
 /// used in place), or a host buffer (optimizer state, and the mirrors of the copying path).

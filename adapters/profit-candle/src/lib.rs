@@ -38,9 +38,10 @@
 //!   parameters and gradients are copied into host buffers, stepped there, and written back with
 //!   [`Var::set`].
 //!
-//! Both paths run the same arithmetic and write the same checkpoints. bf16/f16 vars are refused
-//! with [`CandleProfitError::UnsupportedDtype`] (this adapter maps f32 and f64 only, although
-//! profit-core's host backends take `half::bf16` / `half::f16`); integer vars are left out, as candle's own optimizers do.
+//! Both paths run the same arithmetic and write the same checkpoints. f32, f64, bf16 and
+//! f16 vars are supported (16-bit: math in f32, one rounding per stored value, as profit-core
+//! does everywhere); other float dtypes are refused with [`CandleProfitError::UnsupportedDtype`];
+//! integer vars are left out, as candle's own optimizers do.
 //!
 //! ## Errors
 //!
@@ -80,8 +81,8 @@ pub enum CandleProfitError {
         /// What does not fit.
         reason: String,
     },
-    /// A float var of a dtype this adapter does not map (bf16, f16, ...).
-    #[error("var `{name}` is {dtype:?}: profit-candle runs on f32 and f64 vars only")]
+    /// A float var of a dtype this adapter does not map (f8, ...).
+    #[error("var `{name}` is {dtype:?}: profit-candle runs on f32, f64, bf16 and f16 vars")]
     UnsupportedDtype {
         /// The var's name.
         name: String,
@@ -134,6 +135,8 @@ struct Core<E: CandleElement> {
 enum Engine {
     F32(Core<f32>),
     F64(Core<f64>),
+    Bf16(Core<half::bf16>),
+    F16(Core<half::f16>),
 }
 
 macro_rules! on_core {
@@ -141,6 +144,8 @@ macro_rules! on_core {
         match $engine {
             Engine::F32($c) => $body,
             Engine::F64($c) => $body,
+            Engine::Bf16($c) => $body,
+            Engine::F16($c) => $body,
         }
     };
 }
@@ -297,8 +302,7 @@ pub struct CandleProfit {
 
 impl CandleProfit {
     /// Build over named vars (names key checkpoints and errors; they must be unique) with the
-    /// given access. Integer vars are left out; bf16/f16 vars and vars of mixed dtypes are
-    /// refused. All optimizer state is allocated here.
+    /// given access. Integer vars are left out; vars of mixed dtypes are refused. All optimizer state is allocated here.
     pub fn with_names(
         vars: Vec<(String, Var)>,
         config: ProfitConfig,
@@ -308,7 +312,7 @@ impl CandleProfit {
         let mut dtype = None;
         for (name, var) in vars {
             match var.dtype() {
-                DType::F32 | DType::F64 => {}
+                DType::F32 | DType::F64 | DType::BF16 | DType::F16 => {}
                 d if d.is_float() => return Err(CandleProfitError::UnsupportedDtype { name, dtype: d }),
                 _ => continue,
             }
@@ -330,6 +334,8 @@ impl CandleProfit {
         let copy = access == Access::Copy || kept.iter().any(|(_, v)| !v.device().is_cpu());
         let engine = match dtype {
             DType::F32 => Engine::F32(Core::new(&kept, config, copy)?),
+            DType::BF16 => Engine::Bf16(Core::new(&kept, config, copy)?),
+            DType::F16 => Engine::F16(Core::new(&kept, config, copy)?),
             _ => Engine::F64(Core::new(&kept, config, copy)?),
         };
         let names = kept.iter().map(|(n, _)| n.clone()).collect();
@@ -389,6 +395,8 @@ impl CandleProfit {
         match self.engine {
             Engine::F32(_) => DType::F32,
             Engine::F64(_) => DType::F64,
+            Engine::Bf16(_) => DType::BF16,
+            Engine::F16(_) => DType::F16,
         }
     }
 
@@ -446,7 +454,7 @@ impl CandleProfit {
     pub fn profit_f32(&self) -> Option<&Profit<Candle<f32>>> {
         match &self.engine {
             Engine::F32(c) => Some(&c.profit),
-            Engine::F64(_) => None,
+            _ => None,
         }
     }
 
@@ -454,7 +462,7 @@ impl CandleProfit {
     pub fn profit_f64(&self) -> Option<&Profit<Candle<f64>>> {
         match &self.engine {
             Engine::F64(c) => Some(&c.profit),
-            Engine::F32(_) => None,
+            _ => None,
         }
     }
 

@@ -83,7 +83,7 @@ fn optimizer_trait_steps_and_sets_rates() {
 
 #[test]
 fn in_place_and_copy_paths_agree_bitwise() {
-    for dtype in [DType::F32, DType::F64] {
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
         let vm = VarMap::new();
         let m = Mlp::new(&vm, dtype);
         let (vm2, m2) = copy_varmap(&vm, dtype);
@@ -222,8 +222,12 @@ fn unsupported_and_inconsistent_vars_are_refused() {
     let f = |dtype| Var::zeros((2, 2), dtype, &dev).unwrap();
     let named =
         |vs: Vec<Var>| vs.into_iter().enumerate().map(|(i, v)| (format!("v{i}"), v)).collect::<Vec<_>>();
-    let e = CandleProfit::with_names(named(vec![f(DType::BF16)]), config(), Access::Auto).err().unwrap();
-    assert!(matches!(e, CandleProfitError::UnsupportedDtype { dtype: DType::BF16, .. }), "{e:?}");
+    let e = CandleProfit::with_names(named(vec![f(DType::F8E4M3)]), config(), Access::Auto).err().unwrap();
+    assert!(matches!(e, CandleProfitError::UnsupportedDtype { dtype: DType::F8E4M3, .. }), "{e:?}");
+    let e = CandleProfit::with_names(named(vec![f(DType::BF16), f(DType::F32)]), config(), Access::Auto)
+        .err()
+        .unwrap();
+    assert!(matches!(e, CandleProfitError::MixedDtypes { .. }), "{e:?}");
     let e = CandleProfit::with_names(named(vec![f(DType::F32), f(DType::F64)]), config(), Access::Auto)
         .err()
         .unwrap();
