@@ -1,6 +1,6 @@
 //! `profit digits`: does PROFIT keep what a model knew, on real data?
 //!
-//! Data: the UCI handwritten digits (8x8 images, 1797 of them; `profit-cli/data/README.md`).
+//! Data: the UCI handwritten digits (8x8 images, 1797 of them; `digits/data/README.md`).
 //! One fixed shuffle (seed 12345) splits them into 1,258 training and 539 test images.
 //!
 //! Task design: pre-train a 64-128-128-10 MLP (ReLU) with Adam on the images as they are (the
@@ -22,10 +22,9 @@ use dfdx::prelude::{
     cross_entropy_with_logits_loss, Backward, Const, Cpu, DeviceBuildExt, Gradients, Module, ModuleMut,
     Tensor, TensorFromVec, Trace, ZeroGrads,
 };
-use flate2::read::GzDecoder;
 use profit_core::{Adam, Delta, InnerConfig, ProfitConfig, Sgd};
 use profit_dfdx::{DfdxPlain, DfdxProfit};
-use rand::seq::SliceRandom;
+use profit_digits::{Set, CLASSES, PIXELS};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -34,8 +33,6 @@ use serde_json::json;
 use crate::arms::{pareto, print_table, Arm, Kind, Metrics, ProjStats, SeedResult, Summary};
 use crate::common::{bar, fmt, write_json, DeltaArg};
 use crate::plot;
-
-static DIGITS_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 /// The new task's input domain.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -46,9 +43,6 @@ pub enum Task {
     /// Rotated 15 degrees and moved one pixel right.
     Proximal,
 }
-
-/// The proximal task's rotation.
-const PROXIMAL_DEGREES: f64 = 15.0;
 
 /// Arguments of `profit digits`.
 #[derive(clap::Args, Debug)]
@@ -137,112 +131,6 @@ struct Settings {
     profit: &'static str,
     control_arm: bool,
     sweep: bool,
-}
-
-const PIXELS: usize = 64;
-const CLASSES: usize = 10;
-const SPLIT_SEED: u64 = 12345;
-const TRAIN_FRACTION: f64 = 0.7;
-
-/// Images scaled to [0, 1] (row-major `[n, 64]`) and labels.
-#[derive(Clone, Debug)]
-struct Set {
-    x: Vec<f32>,
-    y: Vec<usize>,
-}
-
-impl Set {
-    fn len(&self) -> usize {
-        self.y.len()
-    }
-    /// The images moved to the new task's domain.
-    fn shifted(&self, task: Task) -> Set {
-        match task {
-            Task::Transposed => self.transposed(),
-            Task::Proximal => self.rotated_shifted(PROXIMAL_DEGREES, 1.0),
-        }
-    }
-
-    /// Each image rotated by `degrees` (counter-clockwise) about its centre and moved `dx`
-    /// pixels to the right, sampled bilinearly (outside the image: 0).
-    fn rotated_shifted(&self, degrees: f64, dx: f64) -> Set {
-        let (sin, cos) = degrees.to_radians().sin_cos();
-        let c = 3.5;
-        let mut x = vec![0.0f32; self.x.len()];
-        for (dst, src) in x.chunks_mut(PIXELS).zip(self.x.chunks(PIXELS)) {
-            let at = |r: isize, col: isize| -> f64 {
-                if (0..8).contains(&r) && (0..8).contains(&col) {
-                    src[r as usize * 8 + col as usize] as f64
-                } else {
-                    0.0
-                }
-            };
-            for r in 0..8 {
-                for col in 0..8 {
-                    // Output pixel (r, col) takes the source at the inverse transform.
-                    let (u, v) = (col as f64 - c - dx, r as f64 - c);
-                    let (sc, sr) = (cos * u - sin * v + c, sin * u + cos * v + c);
-                    let (c0, r0) = (sc.floor(), sr.floor());
-                    let (fc, fr) = (sc - c0, sr - r0);
-                    let (c0, r0) = (c0 as isize, r0 as isize);
-                    let v = (1.0 - fr) * ((1.0 - fc) * at(r0, c0) + fc * at(r0, c0 + 1))
-                        + fr * ((1.0 - fc) * at(r0 + 1, c0) + fc * at(r0 + 1, c0 + 1));
-                    dst[r * 8 + col] = v as f32;
-                }
-            }
-        }
-        Set { x, y: self.y.clone() }
-    }
-
-    fn transposed(&self) -> Set {
-        let mut x = self.x.clone();
-        for (dst, src) in x.chunks_mut(PIXELS).zip(self.x.chunks(PIXELS)) {
-            for r in 0..8 {
-                for c in 0..8 {
-                    dst[r * 8 + c] = src[c * 8 + r];
-                }
-            }
-        }
-        Set { x, y: self.y.clone() }
-    }
-}
-
-fn parse(gz: &[u8]) -> Result<Set, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| format!("digits data: {e}"))?;
-    let mut set = Set { x: vec![], y: vec![] };
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let vals: Vec<f32> = line
-            .split(',')
-            .map(|v| v.trim().parse::<f32>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("digits data line {}: {e}", i + 1))?;
-        if vals.len() != PIXELS + 1 {
-            return Err(format!("digits data line {}: {} values, expected 65", i + 1, vals.len()));
-        }
-        let label = vals[PIXELS];
-        if !(label >= 0.0 && label < CLASSES as f32 && label.fract() == 0.0) {
-            return Err(format!("digits data line {}: label {label}", i + 1));
-        }
-        set.x.extend(vals[..PIXELS].iter().map(|v| v / 16.0));
-        set.y.push(label as usize);
-    }
-    if set.len() < 20 {
-        return Err(format!("digits data: only {} rows", set.len()));
-    }
-    Ok(set)
-}
-
-fn split(all: &Set) -> (Set, Set) {
-    let mut idx: Vec<usize> = (0..all.len()).collect();
-    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
-    let n_train = (all.len() as f64 * TRAIN_FRACTION).round() as usize;
-    let take = |ids: &[usize]| Set {
-        x: ids.iter().flat_map(|&i| all.x[i * PIXELS..(i + 1) * PIXELS].iter().copied()).collect(),
-        y: ids.iter().map(|&i| all.y[i]).collect(),
-    };
-    (take(&idx[..n_train]), take(&idx[n_train..]))
 }
 
 type Arch = (
@@ -412,9 +300,16 @@ struct SeedRun {
     seconds: f64,
 }
 
-fn run_seed(s: &Settings, arms: &[Arm], seed: u64, first: bool, sets: &[Set; 4]) -> Result<SeedRun, String> {
-    let t0 = Instant::now();
-    let [old_train, old_test, new_train, new_test] = sets;
+/// The images moved to the new task's domain.
+fn new_task(set: &Set, task: Task) -> Set {
+    match task {
+        Task::Transposed => set.transposed(),
+        Task::Proximal => set.proximal(),
+    }
+}
+
+/// The seed's device and its model pre-trained on the old task (Adam, `s.pretrain_steps`).
+fn pretrain(s: &Settings, seed: u64, old_train: &Set) -> Result<(Cpu, Net), String> {
     let dev = Cpu::seed_from_u64(seed);
     let mut model: Net = dev.build_module::<Arch, f32>();
     let mut opt = Trainer::Full(Box::new(DfdxPlain::new(&model, adam(1e-3)).map_err(|e| e.to_string())?));
@@ -430,6 +325,13 @@ fn run_seed(s: &Settings, arms: &[Arm], seed: u64, first: bool, sets: &[Set; 4])
         None,
         &label,
     )?;
+    Ok((dev, model))
+}
+
+fn run_seed(s: &Settings, arms: &[Arm], seed: u64, first: bool, sets: &[Set; 4]) -> Result<SeedRun, String> {
+    let t0 = Instant::now();
+    let [old_train, old_test, new_train, new_test] = sets;
+    let (dev, model) = pretrain(s, seed, old_train)?;
     let pre = (accuracy(&dev, &model, old_test), accuracy(&dev, &model, new_test));
     let mut results = vec![];
     let mut curves = vec![];
@@ -505,21 +407,7 @@ fn delta_precision(s: &Settings, sets: &[Set; 4], json: Option<&std::path::Path>
     println!("  moved: share of coordinates whose update survives rounding; cos and norm: realized delta vs u; mean over seeds {:?}", s.seeds);
     let mut rows: Vec<(&str, f64, Vec<Survival>)> = vec![];
     for &seed in &s.seeds {
-        let dev = Cpu::seed_from_u64(seed);
-        let mut model: Net = dev.build_module::<Arch, f32>();
-        let mut opt = Trainer::Full(Box::new(DfdxPlain::new(&model, adam(1e-3)).map_err(|e| e.to_string())?));
-        let label = format!("seed {seed} pre-train");
-        train(
-            &dev,
-            &mut model,
-            &mut opt,
-            old_train,
-            s.pretrain_steps,
-            PRETRAIN_BATCH,
-            seed + 1_000,
-            None,
-            &label,
-        )?;
+        let (dev, mut model) = pretrain(s, seed, old_train)?;
         let (x, y) = Batches::new(seed + 2_000, s.batch).next(&dev, new_train);
         let fresh = model.alloc_grads();
         let grads = grads_of(&mut model, fresh, x, y);
@@ -635,11 +523,11 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     }
     let all = match &args.data {
-        Some(p) => parse(&std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?)?,
-        None => parse(DIGITS_GZ)?,
+        Some(p) => profit_digits::parse(&std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?)?,
+        None => profit_digits::embedded()?,
     };
-    let (old_train, old_test) = split(&all);
-    let (new_train, new_test) = (old_train.shifted(s.task), old_test.shifted(s.task));
+    let (old_train, old_test) = profit_digits::split(&all);
+    let (new_train, new_test) = (new_task(&old_train, s.task), new_task(&old_test, s.task));
     let sets = [old_train, old_test, new_train, new_test];
     if args.delta_precision {
         return delta_precision(&s, &sets, args.output.json.as_deref());
@@ -773,68 +661,4 @@ pub fn run(args: Args) -> Result<(), String> {
         println!("json: {}", path.display());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn gz(text: &str) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(text.as_bytes()).unwrap();
-        e.finish().unwrap()
-    }
-
-    #[test]
-    fn embedded_data_parses_and_splits() {
-        let all = parse(DIGITS_GZ).unwrap();
-        assert_eq!(all.len(), 1797);
-        assert!(all.x.iter().all(|v| (0.0..=1.0).contains(v)));
-        let (train, test) = split(&all);
-        assert_eq!(train.len() + test.len(), 1797);
-        assert_eq!(train.len(), 1258);
-    }
-
-    #[test]
-    fn transpose_swaps_rows_and_columns() {
-        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
-        let t = Set { x, y: vec![3] }.transposed();
-        assert_eq!(t.x[1], 8.0);
-        assert_eq!(t.x[8], 1.0);
-        assert_eq!(t.transposed().x, (0..64).map(|i| i as f32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn proximal_rotation_is_small_and_exact_at_zero() {
-        let all = parse(DIGITS_GZ).unwrap();
-        let few = Set { x: all.x[..64 * 20].to_vec(), y: all.y[..20].to_vec() };
-        // No rotation, no shift: the identity.
-        let same = few.rotated_shifted(0.0, 0.0);
-        assert!(same.x.iter().zip(&few.x).all(|(a, b)| (a - b).abs() < 1e-6));
-        // A shift by one pixel moves column c to c + 1.
-        let moved = few.rotated_shifted(0.0, 1.0);
-        assert_eq!(moved.x[3 * 8 + 5], few.x[3 * 8 + 4]);
-        assert_eq!(moved.x[3 * 8], 0.0);
-        // The proximal images stay close to the originals (closer than the transposed ones).
-        let dist = |a: &Set| a.x.iter().zip(&few.x).map(|(p, q)| (p - q).powi(2)).sum::<f32>();
-        let prox = few.shifted(Task::Proximal);
-        assert!(
-            dist(&prox) > 0.0 && dist(&prox) < dist(&few.transposed()),
-            "{} vs {}",
-            dist(&prox),
-            dist(&few.transposed())
-        );
-        assert!(prox.x.iter().all(|v| (0.0..=1.0 + 1e-6).contains(v)));
-    }
-
-    #[test]
-    fn malformed_data_is_an_error() {
-        let row = |label: &str| format!("{}{label}\n", "0,".repeat(64));
-        assert!(parse(b"not gzip").is_err());
-        assert!(parse(&gz("1,2,3\n")).is_err());
-        assert!(parse(&gz(&row("12").repeat(30))).unwrap_err().contains("label"));
-        assert!(parse(&gz(&row("x").repeat(30))).is_err());
-        assert_eq!(parse(&gz(&row("7").repeat(30))).unwrap().len(), 30);
-    }
 }

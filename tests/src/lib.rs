@@ -49,6 +49,30 @@ pub trait Harness {
     fn values(&self, t: &<Self::B as TensorOps>::Tensor) -> Vec<f64>;
 }
 
+/// The harness of profit-core's own [`VecBackend`](profit_core::host::VecBackend), the
+/// reference the adapters are compared with.
+pub struct VecHarness<E>(pub std::marker::PhantomData<E>);
+
+impl<E> Default for VecHarness<E> {
+    fn default() -> Self {
+        VecHarness(std::marker::PhantomData)
+    }
+}
+
+impl<E: Element> Harness for VecHarness<E> {
+    type B = profit_core::host::VecBackend<E>;
+    fn label(&self) -> String {
+        format!("vec-{}", E::DTYPE)
+    }
+    fn tensor(&self, shape: &[usize], data: &[f64]) -> profit_core::host::VecTensor<E> {
+        profit_core::host::VecTensor::new(shape, data.iter().map(|&x| E::from_f64(x)).collect())
+            .expect("shape")
+    }
+    fn values(&self, t: &profit_core::host::VecTensor<E>) -> Vec<f64> {
+        t.data.iter().map(|x| x.as_f64()).collect()
+    }
+}
+
 /// The float64 golden README's tolerance for this backend's element type.
 pub fn tolerance<H: Harness>() -> f64 {
     match <<H::B as TensorOps>::Elem as Element>::DTYPE {
