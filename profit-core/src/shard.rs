@@ -271,9 +271,10 @@ struct Rank<E: Element> {
 /// the global sums through a [`ThreadCollective`].
 ///
 /// [`step`](Self::step) takes the full parameters and gradients like [`Profit::step`]: each
-/// rank copies in its shard of both, steps, and the updated shards are written back into the
-/// full parameters once every rank has succeeded (on error the full parameters are
-/// unchanged). Checkpoints are one file per rank.
+/// rank copies in its shard of both, steps, and writes its updated shard back into the full
+/// parameters. Every rank takes the same decisions from the same all-reduced sums, so a call
+/// fails on every rank (and changes nothing) or succeeds on every rank. Checkpoints are one
+/// file per rank.
 ///
 /// ```
 /// use profit_core::host::VecTensor;
@@ -407,31 +408,59 @@ impl<E: Element> ShardedProfit<E> {
     }
 
     /// One call over the full parameters and gradients (see [`Profit::step`]); every rank
-    /// steps its shard in its own thread. Arguments are checked before anything changes; on
-    /// any error (a rank's, or the collective's) the full parameters are unchanged.
+    /// steps its shard in its own thread (rank 0 in the caller's). Arguments are checked
+    /// before anything changes; a call refused by the optimizer (non-finite gradient,
+    /// overflowing projection) or by the collective is refused on every rank before any rank
+    /// changes anything, so the full parameters are unchanged.
     pub fn step(&mut self, params: &mut [&mut VecTensor<E>], grads: &[&VecTensor<E>]) -> Result<StepReport> {
         {
             let shared: Vec<&VecTensor<E>> = params.iter().map(|p| &**p).collect();
             self.check("parameter", &shared)?;
         }
         self.check("gradient", grads)?;
-        let full_p: Vec<&[E]> = params.iter().map(|p| &p.data[..]).collect();
+        // Each rank's part of every full parameter, as disjoint slices: the ranks copy their
+        // shards in and out in parallel.
+        let world = self.ranks.len();
+        let mut parts: Vec<Vec<&mut [E]>> = (0..world).map(|_| Vec::with_capacity(params.len())).collect();
+        for (t, p) in params.iter_mut().enumerate() {
+            let mut rest: &mut [E] = &mut p.data[..];
+            let mut at = 0;
+            for (rank, part) in parts.iter_mut().enumerate() {
+                // The ranks' ranges of a tensor are contiguous, in rank order, and cover it.
+                let end = self.plan.range(rank, t)?.end;
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(end - at);
+                part.push(head);
+                rest = tail;
+                at = end;
+            }
+        }
         let full_g: Vec<&[E]> = grads.iter().map(|g| &g.data[..]).collect();
         let plan = &self.plan;
-        let run = |rank: usize, r: &mut Rank<E>| -> Result<StepReport> {
-            let mut p: Vec<&mut [E]> = r.params.iter_mut().map(|t| &mut t.data[..]).collect();
-            plan.scatter_into(rank, &full_p, &mut p)?;
+        let run = |rank: usize, r: &mut Rank<E>, mut part: Vec<&mut [E]>| -> Result<StepReport> {
+            for (shard, full) in r.params.iter_mut().zip(&part) {
+                shard.data.copy_from_slice(full);
+            }
             let mut g: Vec<&mut [E]> = r.grads.iter_mut().map(|t| &mut t.data[..]).collect();
             plan.scatter_into(rank, &full_g, &mut g)?;
             let mut p: Vec<&mut VecTensor<E>> = r.params.iter_mut().collect();
             let g: Vec<&VecTensor<E>> = r.grads.iter().collect();
-            r.opt.step(&mut p, &g)
+            let report = r.opt.step(&mut p, &g)?;
+            for (full, shard) in part.iter_mut().zip(&r.params) {
+                full.copy_from_slice(&shard.data);
+            }
+            Ok(report)
         };
         let results: Vec<Result<StepReport>> = std::thread::scope(|s| {
             let (first, rest) = self.ranks.split_first_mut().expect("at least one rank");
-            let threads: Vec<_> =
-                rest.iter_mut().enumerate().map(|(i, r)| s.spawn(move || run(i + 1, r))).collect();
-            let mut out = vec![run(0, first)];
+            let mut parts = parts.into_iter();
+            let first_part = parts.next().expect("one part per rank");
+            let threads: Vec<_> = rest
+                .iter_mut()
+                .zip(parts)
+                .enumerate()
+                .map(|(i, (r, part))| s.spawn(move || run(i + 1, r, part)))
+                .collect();
+            let mut out = vec![run(0, first, first_part)];
             out.extend(threads.into_iter().map(|t| {
                 t.join().unwrap_or_else(|_| Err(ProfitError::Collective("a rank's thread panicked".into())))
             }));
@@ -440,11 +469,6 @@ impl<E: Element> ShardedProfit<E> {
         let mut reports = Vec::with_capacity(results.len());
         for r in results {
             reports.push(r?);
-        }
-        let mut full: Vec<&mut [E]> = params.iter_mut().map(|p| &mut p.data[..]).collect();
-        for (rank, r) in self.ranks.iter().enumerate() {
-            let shards: Vec<&[E]> = r.params.iter().map(|t| &t.data[..]).collect();
-            self.plan.gather(rank, &shards, &mut full)?;
         }
         Ok(reports.swap_remove(0))
     }
