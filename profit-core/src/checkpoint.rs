@@ -8,6 +8,12 @@
 //! `exp_avg`, ...), and with [`SaveOptions::include_params`] the parameters themselves as
 //! `{name}/param`. Frozen parameters hold no state.
 //!
+//! In a sharded run (see [`shard`](crate::shard)) each rank saves and loads its own shard: its
+//! file holds the rank's state over its 1-D shards, and the header records the rank and the
+//! world size (`rank`, `world_size`; written only when not 0 and 1, so single-process files
+//! are as before, and files without them are rank 0 of 1). A file of another rank or world
+//! size is refused with [`ProfitError::ShardMismatch`].
+//!
 //! Guarantees:
 //! - **Nothing is lost.** [`Profit::save_checkpoint_file`] writes a temporary file in the
 //!   target's folder, syncs it, renames it over the target and syncs the folder: a crash or a

@@ -31,6 +31,10 @@ use crate::{LoadOptions, SaveOptions};
 /// The default alignment of shard boundaries, in elements (64 bytes of `f32`).
 pub const DEFAULT_ALIGN: usize = 16;
 
+/// A rank's optimizer and the shards of the parameters it steps (1-D, one per tensor, in
+/// registration order), as [`ShardPlan::rank_optimizer`] builds them.
+pub type RankOptimizer<E> = (Profit<VecBackend<E>>, Vec<VecTensor<E>>);
+
 fn plan_err(msg: impl Into<String>) -> ProfitError {
     ProfitError::ShardPlan(msg.into())
 }
@@ -224,7 +228,7 @@ impl ShardPlan {
         config: ProfitConfig,
         groups: &[ParamGroup<'_, VecTensor<E>>],
         collective: impl Collective + 'static,
-    ) -> Result<(Profit<VecBackend<E>>, Vec<VecTensor<E>>)> {
+    ) -> Result<RankOptimizer<E>> {
         if collective.world_size() != self.world_size() {
             return Err(plan_err(format!(
                 "the collective has {} ranks, the plan {}",
