@@ -89,7 +89,8 @@ impl Shared {
 /// added in rank order (bitwise the same on every rank and on every run). If a handle is
 /// dropped (its thread returned or panicked) while others wait, or the ranks pass slices of
 /// different lengths, every waiting rank gets [`ProfitError::Collective`] instead of hanging
-/// or mixing rounds.
+/// or mixing rounds. Give every rank its own OS thread (not a task of a thread pool such as
+/// rayon's): the all-reduce blocks until all ranks arrive.
 ///
 /// ```
 /// use profit_core::collective::{Collective, ThreadCollective};

@@ -17,6 +17,22 @@
 //! instead of over each whole tensor): parameters agree to rounding in those sums (within the
 //! conformance suite's golden tolerances), bitwise with one rank, and two runs with the same
 //! world size and plan agree bitwise.
+//!
+//! ```
+//! use profit_core::host::VecTensor;
+//! use profit_core::shard::{ShardedProfit, DEFAULT_ALIGN};
+//! use profit_core::{ParamGroup, ProfitConfig, SaveOptions};
+//!
+//! let mut w = VecTensor::new(&[256, 64], vec![0.5f32; 256 * 64]).unwrap();
+//! let g = VecTensor::new(&[256, 64], vec![0.1f32; 256 * 64]).unwrap();
+//! let groups = vec![ParamGroup::new([("w", &w)])];
+//! let mut opt = ShardedProfit::new(ProfitConfig::default(), groups, 4, DEFAULT_ALIGN)?;
+//! opt.step(&mut [&mut w], &[&g])?; // 4 rank threads, one all-reduce
+//! assert_eq!(opt.rank(3).unwrap().trainable_elements(), 256 * 64 / 4);
+//! let files = opt.save_checkpoints(SaveOptions::default())?; // one file per rank
+//! assert_eq!(files.len(), 4);
+//! # Ok::<(), profit_core::ProfitError>(())
+//! ```
 
 use std::ops::Range;
 

@@ -644,7 +644,7 @@ pub fn bad_input<E: Element>() {
     // Gather with shards of the wrong size.
     let mut full: Vec<Vec<E>> = toy.params.iter().map(|t| t.data.clone()).collect();
     let mut fm: Vec<&mut [E]> = full.iter_mut().map(|v| &mut v[..]).collect();
-    let wrong = vec![E::from_f64(1.0); 3];
+    let wrong = [E::from_f64(1.0); 3];
     assert!(plan.gather(0, &[&wrong[..], &wrong[..], &wrong[..]], &mut fm).is_err());
     assert_eq!(full, toy.params.iter().map(|t| t.data.clone()).collect::<Vec<_>>());
     assert!((toy.values(), save_all(&opt)) == before, "bad input changed something");
