@@ -36,11 +36,16 @@
 //! [`CudaTensor::copy_from_host`], [`CudaTensor::copy_to_host`] and [`CudaTensor::to_vec`].
 //!
 //! Storage in bf16/f16 is not implemented (f32 and f64 only).
+//!
+//! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::Collective) over
+//! NCCL (loaded at run time) for PROFIT sharded over GPUs, one rank per GPU.
 
 #![warn(missing_docs)]
 
 mod device;
 pub mod kernels;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ops;
 mod tensor;
 
