@@ -18,11 +18,16 @@
 // partials), so results are bitwise reproducible whatever the grid size.
 //
 // Entry points (the Rust side checks the PTX holds every one of them):
-//   profit_apply_<f32|f64>_<pass>_<rule>
+//   profit_apply_<f32|f64|bf16|f16>_<pass>_<rule>
 //       pass: plain, ref_first_anchor, ref_first, ref_acc, main_anchor, main_sub, ref_anchor,
 //             main_realized (profit-core's `Variant`, in its order)
 //       rule: sgd, sgdm, adam, amsgrad, rmsprop
-//   profit_reduce_partials_<f32|f64>, profit_reduce_final
+//   profit_reduce_partials_<f32|f64|bf16|f16>, profit_reduce_final
+//
+// Element types. Parameters, gradients and state are stored as S (float, double, or the 16-bit
+// bf16_t / f16_t below); the math runs in Math<S>::M (S itself for float and double, float for
+// the 16-bit types), and every stored value is rounded once, to nearest even, as profit-core's
+// `Element::store` does. The scalar sets are in the math type.
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
@@ -72,6 +77,109 @@ enum {
     MAIN_REALIZED = 7
 };
 enum { SGD = 0, SGDM = 1, ADAM = 2, AMSGRAD = 3, RMSPROP = 4 };
+
+// 16-bit storage, as raw bits (no cuda_bf16.h / cuda_fp16.h: the conversions below are exact
+// integer code, the same on the GPU and in the CPU emulator).
+struct bf16_t {
+    unsigned short bits;
+};
+struct f16_t {
+    unsigned short bits;
+};
+
+template <typename S>
+struct Math {
+    typedef S M;
+};
+template <>
+struct Math<bf16_t> {
+    typedef float M;
+};
+template <>
+struct Math<f16_t> {
+    typedef float M;
+};
+
+__device__ __forceinline__ u32 f2u(float f) {
+    union {
+        float f;
+        u32 u;
+    } c;
+    c.f = f;
+    return c.u;
+}
+__device__ __forceinline__ float u2f(u32 u) {
+    union {
+        float f;
+        u32 u;
+    } c;
+    c.u = u;
+    return c.f;
+}
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ double ld(double v) { return v; }
+__device__ __forceinline__ float ld(bf16_t v) { return u2f((u32)v.bits << 16); }
+__device__ __forceinline__ float ld(f16_t v) {
+    const u32 h = v.bits;
+    const u32 sign = (h & 0x8000u) << 16;
+    const u32 e = (h >> 10) & 0x1fu;
+    const u32 m = h & 0x3ffu;
+    if (e == 0) {
+        // Zero or subnormal: m * 2^-24, exact in float.
+        return u2f(f2u((float)m * 5.9604644775390625e-8f) | sign);
+    }
+    if (e == 31) {
+        return u2f(sign | 0x7f800000u | (m << 13));
+    }
+    return u2f(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// Round to the storage type, to nearest even (NaN stays NaN, quiet).
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(double* p, double v) { *p = v; }
+__device__ __forceinline__ bf16_t to_bf16(float f) {
+    const u32 u = f2u(f);
+    bf16_t r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)((u >> 16) | 0x40u);
+    } else {
+        r.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return r;
+}
+__device__ __forceinline__ f16_t to_f16(float f) {
+    const u32 x = f2u(f);
+    const u32 sign = (x >> 16) & 0x8000u;
+    const u32 ax = x & 0x7fffffffu;
+    f16_t r;
+    if (ax > 0x7f800000u) {
+        r.bits = (unsigned short)(sign | 0x7e00u | (ax >> 13));
+    } else if (ax >= 0x477ff000u) {
+        r.bits = (unsigned short)(sign | 0x7c00u);  // at or above 65520: infinity
+    } else if (ax >= 0x38800000u) {
+        // Normal: re-bias the exponent, round the 13 dropped bits to nearest even.
+        const u32 v = ax - (112u << 23);
+        r.bits = (unsigned short)(sign | ((v + 0xfffu + ((v >> 13) & 1u)) >> 13));
+    } else {
+        // Subnormal (or zero): the number of 2^-24 steps, rounded to nearest even by adding
+        // and subtracting 2^23 in float (exact: the scaled value is below 2^10).
+        const float scaled = u2f(ax) * 16777216.0f;
+        const float rounded = (scaled + 8388608.0f) - 8388608.0f;
+        r.bits = (unsigned short)(sign | (u32)rounded);
+    }
+    return r;
+}
+__device__ __forceinline__ void st(bf16_t* p, float v) { *p = to_bf16(v); }
+__device__ __forceinline__ void st(f16_t* p, float v) { *p = to_f16(v); }
+
+// `v` rounded to the storage type S and widened back (identity for float and double).
+template <typename S>
+__device__ __forceinline__ typename Math<S>::M rnd(typename Math<S>::M v) {
+    S x;
+    st(&x, v);
+    return ld(x);
+}
 
 __device__ __forceinline__ float sqrt_rn(float x) { return __fsqrt_rn(x); }
 __device__ __forceinline__ double sqrt_rn(double x) { return __dsqrt_rn(x); }
@@ -164,9 +272,10 @@ __device__ __forceinline__ u32 find_tensor(const Desc* __restrict__ desc, u32 nt
 
 // The fused pass: host.rs `fused_loop`, APPLY_PER_THREAD elements per thread, all loads of a
 // thread issued before its stores.
-template <typename T, int PASS, int RULE>
+template <typename S, int PASS, int RULE>
 __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
-                                           const T* __restrict__ scalars) {
+                                           const typename Math<S>::M* __restrict__ scalars) {
+    typedef typename Math<S>::M T;
     const bool reads_d = PASS == REF_ACC || PASS == MAIN_ANCHOR || PASS == MAIN_SUB;
     const bool reads_a = PASS == MAIN_ANCHOR || PASS == MAIN_REALIZED;
     const bool reads_p = PASS != MAIN_ANCHOR;
@@ -174,13 +283,13 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
         const Desc* D = desc + find_tensor(desc, nt, b);
         const u64 n = D->n;
         const u64 base = (b - D->block_start) * APPLY_CHUNK + threadIdx.x;
-        T* __restrict__ p = (T*)D->p;
-        const T* __restrict__ g = (const T*)D->g;
-        T* __restrict__ d = (T*)D->d;
-        T* __restrict__ a = (T*)D->a;
-        T* __restrict__ s0 = (T*)D->s0;
-        T* __restrict__ s1 = (T*)D->s1;
-        T* __restrict__ s2 = (T*)D->s2;
+        S* __restrict__ p = (S*)D->p;
+        const S* __restrict__ g = (const S*)D->g;
+        S* __restrict__ d = (S*)D->d;
+        S* __restrict__ a = (S*)D->a;
+        S* __restrict__ s0 = (S*)D->s0;
+        S* __restrict__ s1 = (S*)D->s1;
+        S* __restrict__ s2 = (S*)D->s2;
         const u32 flags = (u32)(D->meta >> 32);
         const T* __restrict__ c = scalars + (u64)(u32)D->meta * SC_STRIDE;
         const T gs = c[0];
@@ -201,13 +310,13 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
             yv[k] = T(0);
             zv[k] = T(0);
             if (i < n) {
-                gv[k] = g[i];
-                if (reads_p) pv[k] = p[i];
-                if (reads_a) av[k] = a[i];
-                if (reads_d) dv[k] = d[i];
-                if (ns > 0) xv[k] = s0[i];
-                if (ns > 1) yv[k] = s1[i];
-                if (ns > 2) zv[k] = s2[i];
+                gv[k] = ld(g[i]);
+                if (reads_p) pv[k] = ld(p[i]);
+                if (reads_a) av[k] = ld(a[i]);
+                if (reads_d) dv[k] = ld(d[i]);
+                if (ns > 0) xv[k] = ld(s0[i]);
+                if (ns > 1) yv[k] = ld(s1[i]);
+                if (ns > 2) zv[k] = ld(s2[i]);
             }
         }
 #pragma unroll
@@ -220,10 +329,10 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
                     p0 = av[k];
                     gi = gi - pj * (dv[k] * ds);
                 } else if (PASS == MAIN_SUB) {
-                    p0 = pv[k] - dv[k];
+                    p0 = rnd<S>(pv[k] - dv[k]);
                     gi = gi - pj * (dv[k] * ds);
                 } else if (PASS == MAIN_REALIZED) {
-                    const T dr = pv[k] - av[k];
+                    const T dr = rnd<S>(pv[k] - av[k]);
                     p0 = av[k];
                     gi = gi - pj * (dr * ds);
                 } else {
@@ -231,19 +340,19 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
                 }
                 T x = xv[k], y = yv[k], z = zv[k];
                 T u = rule_update<T, RULE>(c, flags, p0, gi, x, y, z);
-                if (ns > 0) s0[i] = x;
-                if (ns > 1) s1[i] = y;
-                if (ns > 2) s2[i] = z;
-                p[i] = p0 + u;
+                if (ns > 0) st(s0 + i, x);
+                if (ns > 1) st(s1 + i, y);
+                if (ns > 2) st(s2 + i, z);
+                st(p + i, p0 + u);
                 if (PASS == REF_FIRST_ANCHOR) {
-                    a[i] = p0;
-                    d[i] = u;
+                    st(a + i, p0);
+                    st(d + i, u);
                 } else if (PASS == REF_FIRST) {
-                    d[i] = u;
+                    st(d + i, u);
                 } else if (PASS == REF_ACC) {
-                    d[i] = dv[k] + u;
+                    st(d + i, dv[k] + u);
                 } else if (PASS == REF_ANCHOR) {
-                    a[i] = p0;
+                    st(a + i, p0);
                 }
             }
         }
@@ -253,7 +362,7 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
 #define APPLY_ENTRY(T, TN, PASS, PN, RULE, RN)                                                     \
     extern "C" __global__ void __launch_bounds__(APPLY_THREADS)                                   \
         profit_apply_##TN##_##PN##_##RN(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,  \
-                                        const T* __restrict__ scalars) {                          \
+                                        const Math<T>::M* __restrict__ scalars) {                 \
         apply_body<T, PASS, RULE>(desc, nt, total_blocks, scalars);                               \
     }
 
@@ -276,6 +385,8 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
 
 APPLY_PASSES(float, f32)
 APPLY_PASSES(double, f64)
+APPLY_PASSES(bf16_t, bf16)
+APPLY_PASSES(f16_t, f16)
 
 // Fixed-order shared-memory tree over REDUCE_THREADS values of three accumulators; thread 0
 // ends with the sums.
@@ -300,7 +411,7 @@ __device__ __forceinline__ void block_tree3(double* s_om, double* s_dd, double* 
 // Pass 1 of the reductions: per flattened block, (<d, g>, |d|^2, |g|^2) in f64 into
 // `partials[3 * b ..]`. The delta is the stored `d`, or (when `d` is 0 and `a` is not) the
 // realized `p - a` rounded to the element type; a tensor with neither reduces |g|^2 only.
-template <typename T>
+template <typename S>
 __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
                                                      double* __restrict__ partials) {
     __shared__ double s_om[REDUCE_THREADS];
@@ -310,18 +421,18 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
         const Desc* D = desc + find_tensor(desc, nt, b);
         const u64 n = D->n;
         const u64 base = (b - D->block_start) * REDUCE_CHUNK + threadIdx.x;
-        const T* __restrict__ g = (const T*)D->g;
-        const T* __restrict__ d = (const T*)D->d;
-        const T* __restrict__ p = (const T*)D->p;
-        const T* __restrict__ a = (const T*)D->a;
+        const S* __restrict__ g = (const S*)D->g;
+        const S* __restrict__ d = (const S*)D->d;
+        const S* __restrict__ p = (const S*)D->p;
+        const S* __restrict__ a = (const S*)D->a;
         double om = 0.0, dd = 0.0, gg = 0.0;
         if (d != 0) {
 #pragma unroll
             for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
                 const u64 i = base + (u64)k * REDUCE_THREADS;
                 if (i < n) {
-                    const double x = (double)d[i];
-                    const double y = (double)g[i];
+                    const double x = (double)ld(d[i]);
+                    const double y = (double)ld(g[i]);
                     om = om + x * y;
                     dd = dd + x * x;
                     gg = gg + y * y;
@@ -332,9 +443,8 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
             for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
                 const u64 i = base + (u64)k * REDUCE_THREADS;
                 if (i < n) {
-                    const T dr = p[i] - a[i];
-                    const double x = (double)dr;
-                    const double y = (double)g[i];
+                    const double x = (double)rnd<S>(ld(p[i]) - ld(a[i]));
+                    const double y = (double)ld(g[i]);
                     om = om + x * y;
                     dd = dd + x * x;
                     gg = gg + y * y;
@@ -345,7 +455,7 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
             for (int k = 0; k < REDUCE_PER_THREAD; ++k) {
                 const u64 i = base + (u64)k * REDUCE_THREADS;
                 if (i < n) {
-                    const double y = (double)g[i];
+                    const double y = (double)ld(g[i]);
                     gg = gg + y * y;
                 }
             }
@@ -368,6 +478,16 @@ extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
     profit_reduce_partials_f64(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
     reduce_partials_body<double>(desc, nt, total_blocks, partials);
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+    profit_reduce_partials_bf16(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
+    reduce_partials_body<bf16_t>(desc, nt, total_blocks, partials);
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+    profit_reduce_partials_f16(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
+    reduce_partials_body<f16_t>(desc, nt, total_blocks, partials);
 }
 
 // Pass 2 of the reductions: per tensor (grid-stride over table entries), the fixed-order sum

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make extra golden trajectories (format `profit-golden/1`) with PyTorch's own optimizers.
 
-PROFIT (SPEC.md section 1) is written here from the spec, independently of the Rust code, around
+PROFIT (ALGORITHM.md, section 1) is written here from the algorithm's description, independently of the Rust code, around
 `torch.optim` optimizers (foreach=False) in float64, on the golden README's least-squares
 problem. Used for configurations the shared golden cases do not cover (reference optimizers with
 state, AMSGrad, centered RMSprop with momentum, n_ref = 3, per-tensor with warm-up, other

@@ -5,7 +5,7 @@ On the same card and sizes, times (CUDA events, median of --reps after --warmup)
   - torch.optim.AdamW(fused=True).step()  (28 B/param floor: read p, g, m, v; write p, m, v);
   - one PROFIT cycle (n_ref = 1, SGD reference, Adam main) written with torch ops: foreach
     copies and adds for the reference step, torch.dot / _foreach_norm for omega and |delta|^2,
-    the projection, the restore, then torch.optim.Adam(fused=True).step()  (SPEC floor 60 B/param);
+    the projection, the restore, then torch.optim.Adam(fused=True).step()  (floor 60 B/param);
 against the device-to-device copy bandwidth (dst.copy_(src), read + write counted).
 Prints a markdown table with the same columns as the Rust benchmark.
 
@@ -131,7 +131,7 @@ def main():
         gbs = bpp * n / (ms * 1e-3) / 1e9
         print(f"| {what} | {label(n)} | {k} | {ms:.3f} | {ms / batches:.3f} | {bpp:g} | {gbs:.0f} | {100 * gbs / copy:.0f}% |")
     print(f"\ncopy bandwidth: {copy:.0f} GB/s on {name}")
-    print("GB/s counts the SPEC floor bytes; the torch PROFIT cycle moves more (separate foreach passes).")
+    print("GB/s counts the floor bytes; the torch PROFIT cycle moves more (separate foreach passes).")
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The paper's 2-D toy (SPEC.md section 5) in PyTorch, to cross-check `profit toy` and to test
+"""The paper's 2-D toy (EXPERIMENTS.md, section 1) in PyTorch, to cross-check `profit toy` and to test
 why a float32 PyTorch PROFIT can behave differently: PROFIT with delta accumulated from the
-reference updates (exact, as SPEC.md requires and profit-core does) against delta taken as
+reference updates (the accumulated mode of profit-core) against delta taken as
 `theta' - theta_ref` in float32 (naive). Settings as `profit toy` (ReLU, batch 512, label noise
 0.1, MSE on 10,000 noise-free test points per domain, SGD reference, RMSprop main).
 

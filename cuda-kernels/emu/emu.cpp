@@ -115,8 +115,12 @@ static std::map<std::string, Body>& registry() {
             REG_RULES(T, TN, ref_anchor) REG_RULES(T, TN, main_realized)
         REG_PASSES(float, f32)
         REG_PASSES(double, f64)
+        REG_PASSES(float, bf16)  // 16-bit storage: scalars in float
+        REG_PASSES(float, f16)
         r["profit_reduce_partials_f32"] = partials_launcher<profit_reduce_partials_f32>;
         r["profit_reduce_partials_f64"] = partials_launcher<profit_reduce_partials_f64>;
+        r["profit_reduce_partials_bf16"] = partials_launcher<profit_reduce_partials_bf16>;
+        r["profit_reduce_partials_f16"] = partials_launcher<profit_reduce_partials_f16>;
         r["profit_reduce_final"] = final_launcher;
     }
     return r;

@@ -1,5 +1,5 @@
 //! `profit bench`: time a PROFIT cycle and a plain Adam step on every CPU backend, beside the
-//! machine's copy bandwidth measured in the same run (SPEC section 4).
+//! machine's copy bandwidth measured in the same run (ALGORITHM.md, section 7).
 //!
 //! Byte counts are what the code moves per parameter, `f32`, counting every array read or
 //! written once (no write-allocate traffic), the same convention as the copy bandwidth
@@ -7,12 +7,12 @@
 //!
 //! | step | passes | bytes / param |
 //! |---|---|---|
-//! | `profit_cycle` (default `NonFinitePolicy::Error`) | reference: `|g|^2` pre-pass 4 + fused 20 (read theta, g; write theta, delta, anchor); main: reductions 8 (read delta, g) + fused 32 (read anchor, delta, g, m, v; write theta, m, v) | 64 |
-//! | `profit_cycle_propagate` (`NonFinitePolicy::Propagate`: no pre-pass) | 20 + 8 + 32 | 60 |
+//! | `profit_cycle` (default `NonFinitePolicy::Error`, realized delta) | reference: `|g|^2` pre-pass 4 + fused 16 (read theta, g; write theta, anchor); main: reductions 12 (read theta', anchor, g) + fused 32 (read anchor, theta', g, m, v; write theta, m, v) | 64 |
+//! | `profit_cycle_propagate` (`NonFinitePolicy::Propagate`: no pre-pass) | 16 + 12 + 32 | 60 |
 //! | `adam` (`Plain`, always checks gradients) | `|g|^2` pre-pass 4 + fused 28 (read theta, g, m, v; write theta, m, v) | 32 |
 //!
-//! The SPEC's floors are 60 bytes per cycle and 28 per Adam step; `floor` in the table is the
-//! SPEC floor time (`spec_bytes / copy bandwidth`) divided by the measured time.
+//! The floors are 60 bytes per cycle and 28 per Adam step; `floor` in the table is the
+//! floor time (`spec_bytes / copy bandwidth`) divided by the measured time.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -66,9 +66,9 @@ struct Row {
     copy_gbs_row: f64,
     /// `gbs / copy_gbs_row`.
     copy_ratio: f64,
-    /// The SPEC's floor bytes per parameter for this step (60 per cycle, 28 per Adam step).
+    /// The floor bytes per parameter for this step (60 per cycle, 28 per Adam step).
     spec_bytes_per_param: f64,
-    /// SPEC floor time (`spec_bytes_per_param * params / copy_gbs_row`) over measured time.
+    /// floor time (`spec_bytes_per_param * params / copy_gbs_row`) over measured time.
     floor_ratio: f64,
     /// Repetitions timed and iterations per repetition.
     reps: usize,

@@ -101,6 +101,11 @@ pub struct Args {
     /// SGD and the lr_ref = 0 control; writes old-vs-new scatter plots.
     #[arg(long, conflicts_with_all = ["control", "ratio", "delta"])]
     sweep: bool,
+    /// Instead of fine-tuning: after pre-training, measure how much of one SGD reference update
+    /// (at each sweep ratio) survives in the realized delta when the weights are stored in
+    /// f32, bf16 and f16 (first fine-tuning batch of the new task, per seed).
+    #[arg(long, conflicts_with_all = ["control", "ratio", "delta", "sweep"])]
+    delta_precision: bool,
 }
 
 /// The default `lr_main / lr_ref` of `profit digits` (on the old/new Pareto front of the
@@ -454,6 +459,110 @@ fn run_seed(s: &Settings, arms: &[Arm], seed: u64, first: bool, sets: &[Set; 4])
     Ok(SeedRun { seed, results, curves, seconds: t0.elapsed().as_secs_f64() })
 }
 
+/// What survives of one reference update `u = -lr_ref * g` in the realized delta
+/// `round(w + u) - w` when weights and gradients are stored as `E` (the library's SGD pass:
+/// widen, compute in `E::Real`, round once).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Survival {
+    /// Share of coordinates with a nonzero gradient whose update did not round away.
+    moved: f64,
+    /// `cos(realized delta, u)`.
+    cosine: f64,
+    /// `|realized delta| / |u|`.
+    norm_ratio: f64,
+}
+
+fn survival<E: profit_core::Element>(w: &[f32], g: &[f32], lr_ref: f64) -> Survival {
+    use profit_core::Real;
+    let lr = <E::Real as Real>::from_f64(lr_ref);
+    let (mut moved, mut nonzero, mut du, mut dd, mut uu) = (0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
+    for (&wi, &gi) in w.iter().zip(g) {
+        let (p, gr) = (E::from_f64(wi as f64), E::from_f64(gi as f64));
+        let u = -(lr * gr.load());
+        let d = E::store(E::store(p.load() + u).load() - p.load()).as_f64();
+        let u = u.as_f64();
+        nonzero += (u != 0.0) as usize;
+        moved += (d != 0.0) as usize;
+        du += d * u;
+        dd += d * d;
+        uu += u * u;
+    }
+    Survival {
+        moved: moved as f64 / nonzero.max(1) as f64,
+        cosine: if dd > 0.0 && uu > 0.0 { du / (dd * uu).sqrt() } else { 0.0 },
+        norm_ratio: if uu > 0.0 { (dd / uu).sqrt() } else { 0.0 },
+    }
+}
+
+/// `profit digits --delta-precision`.
+fn delta_precision(s: &Settings, sets: &[Set; 4], json: Option<&std::path::Path>) -> Result<(), String> {
+    let [old_train, _, new_train, _] = sets;
+    println!("PROFIT's realized delta in 16-bit weights: UCI digits, {}", s.new_task);
+    println!(
+        "  after pre-training ({}, {} steps), one SGD reference update u = -lr_ref * g on the first fine-tuning batch ({}), lr_ref = {} / ratio",
+        s.pretrain_optimizer, s.pretrain_steps, s.batch, s.adam_lr
+    );
+    println!("  moved: share of coordinates whose update survives rounding; cos and norm: realized delta vs u; mean over seeds {:?}", s.seeds);
+    let mut rows: Vec<(&str, f64, Vec<Survival>)> = vec![];
+    for &seed in &s.seeds {
+        let dev = Cpu::seed_from_u64(seed);
+        let mut model: Net = dev.build_module::<Arch, f32>();
+        let mut opt = Trainer::Full(Box::new(DfdxPlain::new(&model, adam(1e-3)).map_err(|e| e.to_string())?));
+        let label = format!("seed {seed} pre-train");
+        train(
+            &dev,
+            &mut model,
+            &mut opt,
+            old_train,
+            s.pretrain_steps,
+            PRETRAIN_BATCH,
+            seed + 1_000,
+            None,
+            &label,
+        )?;
+        let (x, y) = Batches::new(seed + 2_000, s.batch).next(&dev, new_train);
+        let fresh = model.alloc_grads();
+        let grads = grads_of(&mut model, fresh, x, y);
+        let mut mirror = profit_dfdx::Mirror::of(&model).map_err(|e| e.to_string())?;
+        mirror.gather(&model, &grads).map_err(|e| e.to_string())?;
+        let w: Vec<f32> = mirror.params().iter().flat_map(|t| t.data.iter().copied()).collect();
+        let g: Vec<f32> = mirror.grads().iter().flat_map(|t| t.data.iter().copied()).collect();
+        for (k, &ratio) in SWEEP_RATIOS.iter().enumerate() {
+            let lr_ref = s.adam_lr / ratio;
+            for (j, (name, r)) in [
+                ("f32", survival::<f32>(&w, &g, lr_ref)),
+                ("bf16", survival::<half::bf16>(&w, &g, lr_ref)),
+                ("f16", survival::<half::f16>(&w, &g, lr_ref)),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let i = k * 3 + j;
+                if rows.len() <= i {
+                    rows.push((name, ratio, vec![]));
+                }
+                rows[i].2.push(r);
+            }
+        }
+    }
+    println!();
+    println!("{:<6} {:>8} {:>9} {:>9} {:>9}", "dtype", "ratio", "moved", "cos", "norm");
+    let mean = |v: &[Survival], f: fn(&Survival) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let mut out = vec![];
+    for (name, ratio, v) in &rows {
+        let (m, c, n) = (mean(v, |x| x.moved), mean(v, |x| x.cosine), mean(v, |x| x.norm_ratio));
+        println!("{name:<6} {ratio:>8.0e} {:>8.1}% {c:>9.4} {n:>9.4}", 100.0 * m);
+        out.push(
+            json!({"dtype": name, "ratio": ratio, "moved": m, "cosine": c, "norm_ratio": n, "per_seed": v}),
+        );
+    }
+    if let Some(p) = json {
+        write_json(p, &json!({"experiment": "digits_delta_precision", "settings": s, "rows": out}))?;
+        println!("json: {}", p.display());
+    }
+    Ok(())
+}
+
 impl Args {
     fn arms(&self, s: &Settings) -> Vec<Arm> {
         let fine = s.finetune_steps;
@@ -532,6 +641,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let (old_train, old_test) = split(&all);
     let (new_train, new_test) = (old_train.shifted(s.task), old_test.shifted(s.task));
     let sets = [old_train, old_test, new_train, new_test];
+    if args.delta_precision {
+        return delta_precision(&s, &sets, args.output.json.as_deref());
+    }
     let arms = args.arms(&s);
 
     println!("PROFIT on real data: UCI digits, preset: {}{}", s.preset, if s.sweep { ", sweep" } else { "" });

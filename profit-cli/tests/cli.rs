@@ -178,3 +178,27 @@ fn bad_arguments_fail_politely() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn delta_precision_reports_each_dtype_and_ratio() {
+    let dir = std::env::temp_dir().join(format!("profit-cli-test-{}-precision", std::process::id()));
+    let json = dir.join("p.json");
+    let out =
+        run(&["digits", "--quick", "--delta-precision", "--seeds", "1", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 15, "3 dtypes x 5 ratios");
+    let moved = |dtype: &str, ratio: f64| {
+        rows.iter()
+            .find(|r| r["dtype"] == dtype && r["ratio"].as_f64() == Some(ratio))
+            .and_then(|r| r["moved"].as_f64())
+            .expect("row")
+    };
+    // f32 keeps most updates at ratio 10, bf16 (8 significant bits) loses more than f32 at every ratio.
+    assert!(moved("f32", 10.0) > 0.5, "{v}");
+    for ratio in [10.0, 1e2, 1e3, 1e4, 1e5] {
+        assert!(moved("bf16", ratio) <= moved("f32", ratio), "{ratio}: {v}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -106,6 +106,10 @@ pub struct LoadOptions {
     /// anchor and the moments only make sense with those weights: mid-cycle, weights from
     /// another call resume a different, silently wrong run.
     pub skip_fingerprint: bool,
+    /// Accept a checkpoint saved in another element type (f32, f64, bf16, f16): every value is
+    /// converted once, rounding to nearest when narrowing (exact when widening). The
+    /// fingerprint is then checked on the parameters rounded to the file's type.
+    pub convert_dtype: bool,
 }
 
 impl LoadOptions {
@@ -118,6 +122,12 @@ impl LoadOptions {
     /// Skip the parameter fingerprint check.
     pub fn skip_fingerprint(mut self) -> Self {
         self.skip_fingerprint = true;
+        self
+    }
+
+    /// Accept a checkpoint of another element type, converting it.
+    pub fn convert_dtype(mut self) -> Self {
+        self.convert_dtype = true;
         self
     }
 }
@@ -219,9 +229,15 @@ fn io_err(what: &str, e: std::io::Error) -> ProfitError {
 }
 
 fn dtype_of<E: Element>() -> Dtype {
-    match E::DTYPE {
+    tensor_dtype(E::DTYPE)
+}
+
+fn tensor_dtype(d: ElemDtype) -> Dtype {
+    match d {
         ElemDtype::F64 => Dtype::F64,
         ElemDtype::F32 => Dtype::F32,
+        ElemDtype::Bf16 => Dtype::BF16,
+        ElemDtype::F16 => Dtype::F16,
     }
 }
 
@@ -345,15 +361,29 @@ impl<E: Element> Staging<E> {
     fn each_chunk<B: TensorOps<Elem = E>>(
         &mut self,
         t: &B::Tensor,
+        sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.each_chunk_as::<B>(t, E::DTYPE, sink)
+    }
+
+    /// [`each_chunk`](Self::each_chunk) with the values rounded to `dtype` (once, to nearest).
+    fn each_chunk_as<B: TensorOps<Elem = E>>(
+        &mut self,
+        t: &B::Tensor,
+        dtype: ElemDtype,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         self.values.clear();
         self.values.resize(B::numel(t), E::default());
         B::read(t, &mut self.values)?;
-        for chunk in self.values.chunks(CHUNK_BYTES / E::DTYPE.size()) {
+        for chunk in self.values.chunks(CHUNK_BYTES / dtype.size()) {
             self.bytes.clear();
             for &x in chunk {
-                x.write_le(&mut self.bytes);
+                if dtype == E::DTYPE {
+                    x.write_le(&mut self.bytes);
+                } else {
+                    dtype.encode_f64(x.as_f64(), &mut self.bytes);
+                }
             }
             sink(&self.bytes)?;
         }
@@ -373,13 +403,20 @@ impl<E: Element> Staging<E> {
         Ok(())
     }
 
-    /// Read `len` bytes from `r` and decode them into `values`.
-    fn decode<R: Read>(&mut self, r: &mut R, len: usize) -> Result<&[E]> {
-        let w = E::DTYPE.size();
+    /// Read `len` bytes of `dtype` elements from `r` and decode them into `values` (rounded
+    /// once to `E` when `dtype` is another type).
+    fn decode<R: Read>(&mut self, r: &mut R, len: usize, dtype: ElemDtype) -> Result<&[E]> {
+        let w = dtype.size();
         let mut values = std::mem::take(&mut self.values);
         values.clear();
         values.reserve(len / w);
-        self.stream(r, len, |b| values.extend(b.chunks_exact(w).map(E::read_le)))?;
+        self.stream(r, len, |b| {
+            if dtype == E::DTYPE {
+                values.extend(b.chunks_exact(w).map(E::read_le))
+            } else {
+                values.extend(b.chunks_exact(w).map(|x| E::from_f64(dtype.decode_f64(x))))
+            }
+        })?;
         self.values = values;
         Ok(&self.values)
     }
@@ -456,10 +493,17 @@ impl<B: TensorOps> Profit<B> {
     }
 
     /// CRC-32 (hex) of the parameters' bytes, in registration order.
-    fn fingerprint(&self, params: &[&B::Tensor], staging: &mut Staging<B::Elem>) -> Result<String> {
+    /// CRC of the parameters' bytes as `dtype` (the optimizer's element type when saving; the
+    /// file's when loading into another type).
+    fn fingerprint(
+        &self,
+        params: &[&B::Tensor],
+        staging: &mut Staging<B::Elem>,
+        dtype: ElemDtype,
+    ) -> Result<String> {
         let mut crc = crc32fast::Hasher::new();
         for t in params {
-            staging.each_chunk::<B>(t, |b| {
+            staging.each_chunk_as::<B>(t, dtype, |b| {
                 crc.update(b);
                 Ok(())
             })?;
@@ -532,7 +576,7 @@ impl<B: TensorOps> Profit<B> {
                 .zip(&self.reg.group_of)
                 .map(|((n, s), &g)| ParamHeader { name: n.clone(), shape: s.clone(), group: g })
                 .collect(),
-            fingerprint: Some(self.fingerprint(params, &mut staging)?),
+            fingerprint: Some(self.fingerprint(params, &mut staging, B::Elem::DTYPE)?),
             includes_params: opts.include_params,
             rank: self.collective.rank(),
             world_size: self.collective.world_size(),
@@ -694,9 +738,9 @@ impl<B: TensorOps> Profit<B> {
                 B::STORAGE_ORDER
             )));
         }
-        if h.dtype != B::Elem::DTYPE {
+        if h.dtype != B::Elem::DTYPE && !opts.convert_dtype {
             return Err(err(format!(
-                "checkpoint holds {} state, the optimizer is {}",
+                "checkpoint holds {} state, the optimizer is {} (LoadOptions::convert_dtype converts it)",
                 h.dtype,
                 B::Elem::DTYPE
             )));
@@ -717,7 +761,7 @@ impl<B: TensorOps> Profit<B> {
         // The tensor table: exactly the expected keys, contiguous, sized by their shapes, and
         // filling the file.
         let keys = self.checkpoint_keys(h.includes_params);
-        let width = B::Elem::DTYPE.size();
+        let width = h.dtype.size();
         let by_name: HashMap<&str, (usize, Buf)> =
             keys.iter().map(|(k, i, b)| (k.as_str(), (*i, *b))).collect();
         let present = metadata.offset_keys();
@@ -735,8 +779,8 @@ impl<B: TensorOps> Profit<B> {
         for key in &present {
             let info = metadata.info(key).ok_or_else(|| err(format!("{key}: no tensor info")))?;
             let (i, b) = by_name[key.as_str()];
-            if info.dtype != dtype_of::<B::Elem>() {
-                return Err(err(format!("{key}: dtype {:?}, expected {}", info.dtype, B::Elem::DTYPE)));
+            if info.dtype != tensor_dtype(h.dtype) {
+                return Err(err(format!("{key}: dtype {:?}, expected {}", info.dtype, h.dtype)));
             }
             if info.shape != self.reg.shapes[i] {
                 return Err(err(format!("{key}: shape {:?}, expected {:?}", info.shape, self.reg.shapes[i])));
@@ -783,7 +827,7 @@ impl<B: TensorOps> Profit<B> {
         if !h.includes_params && !opts.skip_fingerprint {
             if let Some(saved) = &h.fingerprint {
                 let shared: Vec<&B::Tensor> = params.iter().map(|p| &**p).collect();
-                let now = self.fingerprint(&shared, &mut staging)?;
+                let now = self.fingerprint(&shared, &mut staging, h.dtype)?;
                 if &now != saved {
                     return Err(err(
                         "the parameters passed are not the ones this state was saved with (fingerprint differs): \
@@ -797,7 +841,7 @@ impl<B: TensorOps> Profit<B> {
         // Pass 2: everything fits: apply, one tensor at a time.
         for e in &entries {
             r.seek(SeekFrom::Start(e.start)).map_err(io)?;
-            let values = staging.decode(r, e.len)?;
+            let values = staging.decode(r, e.len, h.dtype)?;
             let s = &mut self.reg.states[e.tensor];
             let t = match e.buf {
                 Buf::Anchor => s.anchor.as_mut(),

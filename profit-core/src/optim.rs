@@ -344,7 +344,7 @@ impl InnerConfig {
 /// `update(p, g, s0, s1, s2)` takes the parameter value `p`, the (already projected) gradient
 /// `g` and the state slots in [`InnerConfig::slot_names`] order, updates the slots, and returns
 /// the update `u` so that the new parameter is `p + u`. PROFIT accumulates `u` itself into
-/// `delta` (SPEC section 2).
+/// `delta` (the accumulated mode; see [`Delta`](crate::Delta)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule<E> {
     /// SGD without momentum.

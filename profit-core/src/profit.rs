@@ -26,7 +26,7 @@ use crate::error::{ProfitError, Result};
 use crate::optim::{check_lr, InnerConfig, Sgd};
 use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
 
-/// How the projection is scoped (SPEC section 1).
+/// How the projection is scoped (`ALGORITHM.md`, section 1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Projection {

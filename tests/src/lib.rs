@@ -57,11 +57,22 @@ pub fn tolerance<H: Harness>() -> f64 {
     match <<H::B as TensorOps>::Elem as Element>::DTYPE {
         Dtype::F64 => 1e-10,
         Dtype::F32 => 1e-4,
+        Dtype::Bf16 => TOLERANCE_BF16,
+        Dtype::F16 => TOLERANCE_F16,
     }
 }
 
 /// The float32 golden README's tolerance (realized delta, f32 backends).
 pub const TOLERANCE_F32_FILES: f64 = 1e-5;
+
+/// bf16 parameters with the accumulated delta against any golden trajectory (the README
+/// metric, worst over all calls). Measured worst over the shipped cases: 2.2e-2 (bf16's
+/// spacing is 2^-8 relative); the tolerance leaves about 2x for unseen cases.
+pub const TOLERANCE_BF16: f64 = 5e-2;
+
+/// f16 parameters with the accumulated delta against any golden trajectory. Measured worst
+/// over the shipped cases: 2.3e-2 (an RMSprop case at ratio 1e3; most cases stay near 1e-3).
+pub const TOLERANCE_F16: f64 = 5e-2;
 
 /// Replay every golden case in every delta mode that applies to this backend's element type;
 /// print each replay's worst error; panic listing every failure.
@@ -87,6 +98,9 @@ pub fn golden_all<H: Harness>(h: &H) {
                 println!("golden {:<28} {:<18} skipped: a float32 trajectory", case.name, h.label());
                 vec![]
             }
+            // A realized delta in 16 bits loses most small reference updates to rounding, so its
+            // projections differ from any wider trajectory by design: accumulated only.
+            (_, Dtype::Bf16 | Dtype::F16) => vec![(Delta::Accumulated, tolerance::<H>())],
         };
         for (delta, tol) in plan {
             match golden::replay_with(h, &case, tol, |c| ProfitConfig { delta, ..c }) {

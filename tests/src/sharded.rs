@@ -2,7 +2,8 @@
 //! one all-reduce per call) against the single-process optimizer, on the host backend
 //! ([`VecBackend`]) in `f32` and `f64`.
 //!
-//! - [`golden_sharded`]: every golden case over 1, 2, 3 and 4 ranks with shard boundaries
+//! - [`golden_sharded`]: every golden case (in the modes and tolerances of the golden replay for
+//!   the element type) over 1, 2, 3 and 4 ranks with shard boundaries
 //!   aligned to 1, 4 and 16 elements (so tensors split across ranks, uneven splits, ranks
 //!   holding parts of two tensors, and ranks holding nothing): parameters after every call
 //!   within the golden tolerance of both the golden file and the single-process run,
@@ -146,6 +147,8 @@ pub fn golden_sharded<E: Element>() {
             (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
             (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
             (true, Dtype::F64) => vec![],
+            (_, Dtype::Bf16) => vec![(Delta::Accumulated, crate::TOLERANCE_BF16)],
+            (_, Dtype::F16) => vec![(Delta::Accumulated, crate::TOLERANCE_F16)],
         };
         let golden = golden_trace(&case);
         for (delta, tol) in plan {
@@ -297,7 +300,11 @@ fn toy_config() -> ProfitConfig {
 /// frozen tensor never changes, holds no state on any rank, and the run matches the
 /// single-process one (global and per-tensor projection, with clipping).
 pub fn frozen_groups<E: Element>() {
-    let tol = if E::DTYPE == Dtype::F64 { 1e-12 } else { 1e-5 };
+    let tol = match E::DTYPE {
+        Dtype::F64 => 1e-12,
+        Dtype::F32 => 1e-5,
+        Dtype::Bf16 | Dtype::F16 => 5e-2,
+    };
     for projection in [Projection::Global, Projection::PerTensor] {
         let config = ProfitConfig { projection, ..toy_config() };
         for (label, options) in [

@@ -1,5 +1,5 @@
 //! Sharded PROFIT (one optimizer per rank over its shard, ranks as threads) against the
-//! single-process optimizer on the host backend, `f64` and `f32` (see `profit_conformance::sharded`).
+//! single-process optimizer on the host backend, `f64`, `f32`, `bf16` and `f16` (see `profit_conformance::sharded`).
 
 use profit_conformance::sharded;
 
@@ -41,3 +41,5 @@ macro_rules! sharded_tests {
 
 sharded_tests!(vec_f64, f64);
 sharded_tests!(vec_f32, f32);
+sharded_tests!(vec_bf16, half::bf16);
+sharded_tests!(vec_f16, half::f16);

@@ -103,7 +103,7 @@ pub enum BurnProfitError {
     #[error("module does not match the optimizer: {0}")]
     ModuleMismatch(String),
     /// A parameter of a dtype profit-core has no element type for.
-    #[error("parameter `{name}` is {dtype:?}: PROFIT runs on f32 and f64 parameters only")]
+    #[error("parameter `{name}` is {dtype:?}: profit-burn runs on f32 and f64 parameters only")]
     UnsupportedDtype {
         /// The parameter's path.
         name: String,

@@ -39,8 +39,8 @@
 //!   [`Var::set`].
 //!
 //! Both paths run the same arithmetic and write the same checkpoints. bf16/f16 vars are refused
-//! with [`CandleProfitError::UnsupportedDtype`] (profit-core has f32 and f64 element types
-//! only); integer vars are left out, as candle's own optimizers do.
+//! with [`CandleProfitError::UnsupportedDtype`] (this adapter maps f32 and f64 only, although
+//! profit-core's host backends take `half::bf16` / `half::f16`); integer vars are left out, as candle's own optimizers do.
 //!
 //! ## Errors
 //!
@@ -80,8 +80,8 @@ pub enum CandleProfitError {
         /// What does not fit.
         reason: String,
     },
-    /// A float var of a dtype profit-core has no element type for (bf16, f16, ...).
-    #[error("var `{name}` is {dtype:?}: PROFIT runs on f32 and f64 vars only")]
+    /// A float var of a dtype this adapter does not map (bf16, f16, ...).
+    #[error("var `{name}` is {dtype:?}: profit-candle runs on f32 and f64 vars only")]
     UnsupportedDtype {
         /// The var's name.
         name: String,

@@ -1,4 +1,4 @@
-//! GPU benchmark of the CUDA backend against the cost floors of SPEC section 4.
+//! GPU benchmark of the CUDA backend against the cost floors of ALGORITHM.md, section 7.
 //!
 //! ```text
 //! cargo run --release -p profit-cuda --example bench -- [--sizes 16M,256M] [--tensors 1,1000]
@@ -7,7 +7,7 @@
 //!
 //! Times (CUDA events on the backend's stream, median of `--reps` after `--warmup`):
 //! - `profit cycle`: one PROFIT cycle, n_ref = 1, SGD reference, Adam main, f32, anchor kept,
-//!   `NonFinitePolicy::Propagate` (no gradient check): the SPEC's 60 B/param floor
+//!   `NonFinitePolicy::Propagate` (no gradient check): the 60 B/param floor
 //!   (reference 20, reductions 8, project + restore + Adam 32);
 //! - `profit cycle, checked`: the same with the default non-finite check (the reference call
 //!   also reads `g` once for `|g|^2`): 64 B/param;

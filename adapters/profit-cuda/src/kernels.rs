@@ -25,7 +25,7 @@ pub const SC_STRIDE: usize = 12;
 pub const DESC_WORDS: usize = 10;
 
 /// Element type names, in kernel-table order.
-pub const DTYPES: [&str; 2] = ["f32", "f64"];
+pub const DTYPES: [&str; 4] = ["f32", "f64", "bf16", "f16"];
 /// Pass names, in kernel-table order: profit-core's [`Variant`](profit_core::Variant) order
 /// (`PLAIN .. MAIN_REALIZED` in `profit.cu`).
 pub const PASSES: [&str; 8] = [

@@ -1,10 +1,10 @@
 //! # profit-cuda
 //!
 //! PROFIT on NVIDIA GPUs: [`Cuda<E>`] implements [`profit_core::TensorOps`] over
-//! [`CudaTensor<E>`] (`E = f32` or `f64`) with fused PTX kernels (`cuda-kernels/profit.cu`)
+//! [`CudaTensor<E>`] (`E = f32`, `f64`, `half::bf16` or `half::f16`) with fused PTX kernels (`cuda-kernels/profit.cu`)
 //! driven by [cudarc](https://docs.rs/cudarc).
 //!
-//! - Every pass is one pass over memory (SPEC section 4): a reference call reads `theta, g` and
+//! - Every pass is one pass over memory (the cost table of ALGORITHM.md, section 7): a reference call reads `theta, g` and
 //!   writes `theta, delta` (+ the anchor); a main call reduces `<delta, g>, |delta|^2, |g|^2`
 //!   in f64, then projects, restores and steps the main optimizer in one more pass.
 //! - One launch covers all tensors (a device table of pointers and per-tensor scalars), so a
@@ -35,7 +35,9 @@
 //! Parameters kept elsewhere move in and out with [`CudaBackend::upload`],
 //! [`CudaTensor::copy_from_host`], [`CudaTensor::copy_to_host`] and [`CudaTensor::to_vec`].
 //!
-//! Storage in bf16/f16 is not implemented (f32 and f64 only).
+//! bf16 and f16 tensors are stored in 16 bits and computed in f32 with one rounding per stored
+//! value (the kernels convert with integer code, rounding to nearest even), as the host
+//! backends do; the reductions stay in f64. Their speed on a GPU has not been measured yet.
 //!
 //! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::Collective) over
 //! NCCL (loaded at run time) for PROFIT sharded over GPUs, one rank per GPU.

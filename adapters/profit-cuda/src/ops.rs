@@ -40,8 +40,8 @@ fn ptr<E>(dev: &Device, t: &CudaTensor<E>) -> u64 {
 }
 
 /// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags.
-fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E; SC_STRIDE], u32) {
-    let mut v = [E::default(); SC_STRIDE];
+fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u32) {
+    let mut v = [E::Real::default(); SC_STRIDE];
     v[0] = k.grad_scale;
     v[1] = k.proj;
     v[10] = k.delta_scale;
@@ -164,8 +164,7 @@ fn apply_all<E: CudaElement>(
     // (consecutive identical sets shared).
     s.words.clear();
     s.bytes.clear();
-    let esz = std::mem::size_of::<E>();
-    let set_bytes = SC_STRIDE * esz;
+    let set_bytes = SC_STRIDE * E::SCALAR_BYTES;
     let mut n_sets = 0u64;
     let mut blocks = 0u64;
     let mut group_variant = u16::MAX;
@@ -179,7 +178,7 @@ fn apply_all<E: CudaElement>(
         let (_, set, flags) = scalar_set(&kernels[i]);
         let at = s.bytes.len();
         for x in set {
-            x.write_le(&mut s.bytes);
+            E::put_scalar(x, &mut s.bytes);
         }
         if n_sets > 0 && s.bytes[at - set_bytes..at] == s.bytes[at..] {
             s.bytes.truncate(at);
@@ -377,12 +376,12 @@ fn prepare<E: CudaElement>(params: &[&CudaTensor<E>]) -> Result<(), BackendError
         ensure(&dev.stream, &mut t.dev, n * DESC_WORDS)?;
         t.uploaded.reserve(n * DESC_WORDS);
     }
-    ensure(&dev.stream, &mut s.scalars, n * SC_STRIDE * std::mem::size_of::<E>())?;
+    ensure(&dev.stream, &mut s.scalars, n * SC_STRIDE * E::SCALAR_BYTES)?;
     ensure(&dev.stream, &mut s.partials, 3 * blocks as usize)?;
     ensure(&dev.stream, &mut s.out_dev, 3 * n)?;
     s.out_host.reserve(3 * n);
     s.words.reserve(n * DESC_WORDS);
-    s.bytes.reserve(n * SC_STRIDE * std::mem::size_of::<E>());
+    s.bytes.reserve(n * SC_STRIDE * E::SCALAR_BYTES);
     s.entries.reserve(n);
     Ok(())
 }

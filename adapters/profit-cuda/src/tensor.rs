@@ -7,18 +7,48 @@ use profit_core::{BackendError, Element};
 
 use crate::device::{driver_err, Device};
 
-/// An element type the CUDA kernels are compiled for (`f32`, `f64`).
-pub trait CudaElement: Element<Real = Self> + DeviceRepr + ValidAsZeroBits + Unpin {
+/// An element type the CUDA kernels are compiled for: `f32`, `f64`, and the 16-bit
+/// `half::bf16` and `half::f16` (stored in 16 bits, computed in `f32`, rounded once per stored
+/// value, as on the host).
+pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits + Unpin {
     /// Index of the type in [`kernels::DTYPES`](crate::kernels::DTYPES).
     const DTYPE_INDEX: usize;
+    /// Bytes of one kernel scalar (the math type's).
+    const SCALAR_BYTES: usize;
+    /// Append one kernel scalar (in the math type), little-endian.
+    fn put_scalar(x: Self::Real, out: &mut Vec<u8>);
 }
 
 impl CudaElement for f32 {
     const DTYPE_INDEX: usize = 0;
+    const SCALAR_BYTES: usize = 4;
+    fn put_scalar(x: f32, out: &mut Vec<u8>) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
 }
 
 impl CudaElement for f64 {
     const DTYPE_INDEX: usize = 1;
+    const SCALAR_BYTES: usize = 8;
+    fn put_scalar(x: f64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+impl CudaElement for half::bf16 {
+    const DTYPE_INDEX: usize = 2;
+    const SCALAR_BYTES: usize = 4;
+    fn put_scalar(x: f32, out: &mut Vec<u8>) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+impl CudaElement for half::f16 {
+    const DTYPE_INDEX: usize = 3;
+    const SCALAR_BYTES: usize = 4;
+    fn put_scalar(x: f32, out: &mut Vec<u8>) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
 }
 
 /// A row-major tensor in GPU memory, made by a [`CudaBackend`](crate::CudaBackend).

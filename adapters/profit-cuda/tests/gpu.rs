@@ -133,6 +133,8 @@ fn plain_optimizers_match_host_bitwise() {
     let Some(g) = gpu() else { return };
     plain_bitwise::<f32>(&g);
     plain_bitwise::<f64>(&g);
+    plain_bitwise::<half::bf16>(&g);
+    plain_bitwise::<half::f16>(&g);
 }
 
 fn profit_configs() -> Vec<ProfitConfig> {
@@ -228,6 +230,9 @@ fn profit_matches_host() {
     let Some(g) = gpu() else { return };
     profit_close::<f32>(&g, 1e-5);
     profit_close::<f64>(&g, 1e-12);
+    // 16-bit: the reductions' summation order may move a stored value by one step (2^-8, 2^-11).
+    profit_close::<half::bf16>(&g, 8e-3);
+    profit_close::<half::f16>(&g, 1e-3);
 }
 
 #[test]
@@ -363,12 +368,14 @@ fn reductions<E: CudaElement>(g: &CudaBackend) {
     let sizes = [1usize, 4095, 4096, 4097, 100_000, (1 << 20) + 3];
     let ds: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 1, n)).collect();
     let gs: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data(i as u64 + 77, n)).collect();
-    // Parameters near 1 and anchors a small step away: the realized delta `p - a`.
+    // Parameters near 1 and anchors a small step away (a larger one in 16 bits, so that it
+    // survives rounding): the realized delta `p - a`.
+    let step = if E::DTYPE.size() == 2 { 4e-2 } else { 1e-5 };
     let ps: Vec<Vec<f64>> = ds.iter().map(|d| d.iter().map(|x| 1.0 + 0.5 * x).collect()).collect();
     let anchors: Vec<Vec<f64>> = ps
         .iter()
         .zip(&ds)
-        .map(|(p, d)| p.iter().zip(d).map(|(p, d)| p - 1e-5 * (0.5 + d.abs()) * d.signum()).collect())
+        .map(|(p, d)| p.iter().zip(d).map(|(p, d)| p - step * (0.5 + d.abs()) * d.signum()).collect())
         .collect();
     let grads: Vec<CudaTensor<E>> = sizes.iter().zip(&gs).map(|(&n, v)| dev(g, &[n], v)).collect();
     let mut params: Vec<CudaTensor<E>> = sizes.iter().zip(&ps).map(|(&n, v)| dev(g, &[n], v)).collect();
@@ -420,6 +427,8 @@ fn reductions_are_deterministic_and_match_host() {
     let Some(g) = gpu() else { return };
     reductions::<f32>(&g);
     reductions::<f64>(&g);
+    reductions::<half::bf16>(&g);
+    reductions::<half::f16>(&g);
 }
 
 #[test]

@@ -1,0 +1,114 @@
+//! bf16 and f16 parameters on the host backends: ndarray equals `VecBackend` bitwise, and the
+//! golden trajectories replay within the measured tolerances.
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+use profit_conformance::golden::{golden_files, replay_with, GoldenCase};
+use profit_conformance::Harness;
+use profit_core::host::{VecBackend, VecTensor};
+use profit_core::{Delta, Element, ProfitConfig};
+use profit_ndarray::NdArray;
+
+struct Nd<E>(std::marker::PhantomData<E>);
+
+impl<E: Element> Harness for Nd<E> {
+    type B = NdArray<E>;
+    fn label(&self) -> String {
+        format!("ndarray-{}", E::DTYPE)
+    }
+    fn tensor(&self, shape: &[usize], data: &[f64]) -> ArrayD<E> {
+        ArrayD::from_shape_vec(IxDyn(shape), data.iter().map(|&x| E::from_f64(x)).collect()).expect("shape")
+    }
+    fn values(&self, t: &ArrayD<E>) -> Vec<f64> {
+        t.iter().map(|x| x.as_f64()).collect()
+    }
+}
+
+struct Vector<E>(std::marker::PhantomData<E>);
+
+impl<E: Element> Harness for Vector<E> {
+    type B = VecBackend<E>;
+    fn label(&self) -> String {
+        format!("vec-{}", E::DTYPE)
+    }
+    fn tensor(&self, shape: &[usize], data: &[f64]) -> VecTensor<E> {
+        VecTensor::new(shape, data.iter().map(|&x| E::from_f64(x)).collect()).expect("shape")
+    }
+    fn values(&self, t: &VecTensor<E>) -> Vec<f64> {
+        t.data.iter().map(|x| x.as_f64()).collect()
+    }
+}
+
+/// Every golden case with the accumulated delta, on ndarray and on `VecBackend` (which must
+/// agree bitwise), within the measured tolerance.
+fn accumulated_replays<E: Element>(tol: f64) {
+    let mut worst = 0.0f64;
+    for f in golden_files().unwrap() {
+        let case = GoldenCase::load(&f.path).unwrap();
+        let edit = |c| ProfitConfig { delta: Delta::Accumulated, ..c };
+        let nd =
+            replay_with(&Nd::<E>(Default::default()), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
+        let vec =
+            replay_with(&Vector::<E>(Default::default()), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            nd.worst_param.to_bits(),
+            vec.worst_param.to_bits(),
+            "{}: ndarray and VecBackend differ",
+            case.name
+        );
+        println!(
+            "golden {:<28} {:<5} accumulated worst param error {:.3e} (tol {tol:.0e}), stats {:.3e}",
+            case.name,
+            E::DTYPE,
+            nd.worst_param,
+            nd.worst_stats
+        );
+        worst = worst.max(nd.worst_param);
+    }
+    assert!(worst > 0.0, "no rounding seen: the replay did not run in {}", E::DTYPE);
+}
+
+#[test]
+fn bf16_replays_every_golden_case() {
+    accumulated_replays::<bf16>(profit_conformance::TOLERANCE_BF16);
+}
+
+#[test]
+fn f16_replays_every_golden_case() {
+    accumulated_replays::<f16>(profit_conformance::TOLERANCE_F16);
+}
+
+/// A reference update below half the spacing of every weight rounds away: the realized delta
+/// is exactly zero and the projection cannot fire, while the accumulated delta keeps it.
+fn small_reference_updates_round_away<E: Element>() {
+    use profit_core::{Adam, Profit, Sgd};
+    let n = 4096;
+    // Weights in [0.5, 1): spacing 2^-8 (bf16) or 2^-11 (f16); updates lr_ref * |g| <= 1e-6.
+    let w0: Vec<E> = (0..n).map(|i| E::from_f64(0.5 + 0.5 * (i as f64 / n as f64))).collect();
+    let g = VecTensor::new(&[n], (0..n).map(|i| E::from_f64(if i % 3 == 0 { -1.0 } else { 1.0 })).collect())
+        .unwrap();
+    let mut fired = vec![];
+    for delta in [Delta::Realized, Delta::Accumulated] {
+        let config = ProfitConfig {
+            delta,
+            ..ProfitConfig::new(
+                Sgd { lr: 1e-6, ..Default::default() },
+                Adam { lr: 1e-3, ..Default::default() },
+            )
+        };
+        let mut w = VecTensor::new(&[n], w0.clone()).unwrap();
+        let mut opt = Profit::<VecBackend<E>>::with_names(config, &[("w", &w)]).unwrap();
+        opt.step(&mut [&mut w], &[&g]).unwrap(); // reference
+        assert_eq!(w.data, w0, "{delta:?}: every reference update rounded away in {}", E::DTYPE);
+        let main = opt.step(&mut [&mut w], &[&g]).unwrap().main.unwrap();
+        fired.push((main.projected, main.delta_norm_sq));
+    }
+    assert_eq!(fired[0], (false, 0.0), "{}: realized", E::DTYPE);
+    assert!(fired[1].0 && fired[1].1 > 0.0, "{}: accumulated {:?}", E::DTYPE, fired[1]);
+}
+
+#[test]
+fn realized_delta_loses_updates_below_the_spacing() {
+    small_reference_updates_round_away::<bf16>();
+    small_reference_updates_round_away::<f16>();
+}
