@@ -5,6 +5,8 @@
 #   device-bin/profit-cuda-gpu    profit-cuda's GPU tests against the host backend
 #   device-bin/profit-cuda-ptx    profit-cuda's PTX / no-GPU checks
 #   device-bin/bench              the GPU benchmark (adapters/profit-cuda/examples/bench.rs)
+#   device-bin/profit-cuda-nccl   profit-cuda's unit tests with the `nccl` feature (NCCL loaded
+#                                 at run time: an all-reduce over a communicator of one)
 #   device-bin/golden-dir         the conformance crate's folder as compiled into the binary
 #                                 (it reads golden/ and golden32/ there)
 # Binaries embed the committed PTX (cuda-kernels/ptx), so no CUDA is needed to build them.
@@ -32,6 +34,10 @@ cargo test --release -p profit-conformance --test cuda --no-run --message-format
 cargo test --release -p profit-cuda --tests --no-run --message-format=json | executables >>"$LIST"
 cargo build --release -p profit-cuda --examples --message-format=json | executables >>"$LIST"
 
+NCCL_LIST="$(mktemp)"
+trap 'rm -f "$LIST" "$NCCL_LIST"' EXIT
+cargo test --release -p profit-cuda --features nccl --lib --no-run --message-format=json | executables >"$NCCL_LIST"
+
 rm -rf "$OUT"
 mkdir -p "$OUT"
 pick() { # target name, file name in device-bin
@@ -45,6 +51,10 @@ pick cuda conformance-cuda
 pick gpu profit-cuda-gpu
 pick ptx profit-cuda-ptx
 pick bench bench
+nccl="$(awk -F'\t' '$1 == "profit_cuda" { p = $2 } END { print p }' "$NCCL_LIST")"
+[ -n "$nccl" ] || { echo "build-device-bin: no nccl test executable" >&2; exit 1; }
+cp "$nccl" "$OUT/profit-cuda-nccl"
+strip --strip-debug "$OUT/profit-cuda-nccl" 2>/dev/null || true
 # The conformance binary reads its golden cases (golden/, golden32/) below the crate folder
 # compiled into it.
 echo "$PWD/tests" >"$OUT/golden-dir"

@@ -10,7 +10,9 @@
 #  2. profit-cuda's PTX checks, GPU tests (bitwise against the host backend) and the
 #     conformance suite on CUDA f32/f64, each in both delta modes (realized, accumulated);
 #     with a GPU present, any "SKIPPED" is a failure;
-#  3. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md):
+#  3. the NCCL collective over a communicator of one (PyTorch's nvidia-nccl, linked as the
+#     libnccl.so cudarc looks for);
+#  4. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md):
 #     markdown tables to paste into BENCHMARKS.md.
 # Exits non-zero if any step failed; every step runs regardless.
 set -uo pipefail
@@ -35,7 +37,7 @@ step() { # name, timeout seconds, command...
     return "$rc"
 }
 
-for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx bench golden-dir; do
+for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx profit-cuda-nccl bench golden-dir; do
     [ -e "$BIN/$f" ] || { echo "gpu-check: $BIN/$f missing: run scripts/build-device-bin.sh first" >&2; exit 2; }
 done
 chmod +x "$BIN"/* 2>/dev/null || true
@@ -54,7 +56,15 @@ step device 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.ma
 step ptx-checks 60 "$BIN/profit-cuda-ptx" --nocapture
 step gpu-tests 300 "$BIN/profit-cuda-gpu" --nocapture --test-threads=1
 step conformance 300 "$BIN/conformance-cuda" --nocapture
-if grep -q "SKIPPED" "$RES/gpu-tests.log" "$RES/conformance.log"; then
+# cudarc opens libnccl.so; pip's nvidia-nccl (PyTorch's) ships libnccl.so.2.
+nccl_lib="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)"
+links="$(mktemp -d)"
+if [ -n "$nccl_lib" ] && [ -e "$nccl_lib/libnccl.so.2" ]; then
+    ln -sfn "$nccl_lib/libnccl.so.2" "$links/libnccl.so"
+fi
+export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+step nccl 120 "$BIN/profit-cuda-nccl" nccl --nocapture --test-threads=1
+if grep -q "SKIPPED" "$RES/gpu-tests.log" "$RES/conformance.log" "$RES/nccl.log"; then
     echo "gpu-check: tests were SKIPPED on a GPU machine (no driver or device seen?)" >&2
     failed+=("skipped tests")
 fi

@@ -8,6 +8,12 @@
 //! `exp_avg`, ...), and with [`SaveOptions::include_params`] the parameters themselves as
 //! `{name}/param`. Frozen parameters hold no state.
 //!
+//! In a sharded run (see [`shard`](crate::shard)) each rank saves and loads its own shard: its
+//! file holds the rank's state over its 1-D shards, and the header records the rank and the
+//! world size (`rank`, `world_size`; written only when not 0 and 1, so single-process files
+//! are as before, and files without them are rank 0 of 1). A file of another rank or world
+//! size is refused with [`ProfitError::ShardMismatch`].
+//!
 //! Guarantees:
 //! - **Nothing is lost.** [`Profit::save_checkpoint_file`] writes a temporary file in the
 //!   target's folder, syncs it, renames it over the target and syncs the folder: a crash or a
@@ -166,6 +172,13 @@ struct Header {
     /// Whether the file holds the parameters (`{name}/param`) (version 2).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     includes_params: bool,
+    /// The rank that saved this shard of a sharded run (absent: rank 0 of 1, as in files
+    /// that predate sharding and in single-process files, which stay as they were).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    rank: usize,
+    /// The sharded run's world size (absent: 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    world_size: usize,
     /// Version 2: CRC-32 of the whole file with these eight hex digits read as `0`. Version 1:
     /// CRC-32 of the state tensors' bytes and of this header written with `crc32 = 0`.
     crc32: Crc,
@@ -191,6 +204,20 @@ struct GroupHeader {
     base_lr: f64,
     base_ref_lr: f64,
     frozen: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Rank 0 is not written (so single-process files stay as they were).
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// World size 1 is not written.
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 fn err(msg: impl Into<String>) -> ProfitError {
@@ -551,6 +578,8 @@ impl<B: TensorOps> Profit<B> {
                 .collect(),
             fingerprint: Some(self.fingerprint(params, &mut staging, B::Elem::DTYPE)?),
             includes_params: opts.include_params,
+            rank: self.collective.rank(),
+            world_size: self.collective.world_size(),
             crc32: Crc::Hex(HEX_ZERO.into()),
         };
         let keys = self.checkpoint_keys(opts.include_params);
@@ -680,8 +709,25 @@ impl<B: TensorOps> Profit<B> {
         if !v1 && (h.fingerprint.is_none() || h.projected_calls.is_none() || h.stalled_calls.is_none()) {
             return Err(err("bad header: version-2 fields missing"));
         }
-        if v1 && (h.fingerprint.is_some() || h.includes_params || h.projected_calls.is_some()) {
+        if v1
+            && (h.fingerprint.is_some()
+                || h.includes_params
+                || h.projected_calls.is_some()
+                || h.world_size != 1)
+        {
             return Err(err("bad header: version-2 fields in a version-1 file"));
+        }
+        if h.rank >= h.world_size {
+            return Err(err(format!("bad header: rank {} of {} ranks", h.rank, h.world_size)));
+        }
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        if (h.rank, h.world_size) != (rank, world) {
+            return Err(ProfitError::ShardMismatch {
+                saved_rank: h.rank,
+                saved_world: h.world_size,
+                rank,
+                world,
+            });
         }
         if h.storage_order != B::STORAGE_ORDER {
             return Err(err(format!(

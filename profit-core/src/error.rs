@@ -96,6 +96,29 @@ pub enum ProfitError {
     /// A checkpoint could not be written or does not fit this optimizer.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A checkpoint belongs to another shard: it was saved by rank `saved_rank` of
+    /// `saved_world` ranks, and this optimizer is rank `rank` of `world`. Nothing was changed.
+    #[error(
+        "checkpoint of rank {saved_rank} of {saved_world}, this optimizer is rank {rank} of {world}; nothing was changed"
+    )]
+    ShardMismatch {
+        /// Rank that saved the checkpoint.
+        saved_rank: usize,
+        /// World size of the run that saved it.
+        saved_world: usize,
+        /// This optimizer's rank.
+        rank: usize,
+        /// This optimizer's world size.
+        world: usize,
+    },
+    /// The collective (the all-reduce between ranks) failed or was given inconsistent input
+    /// (another rank left, contributions of different lengths). Returned before anything
+    /// was changed.
+    #[error("collective: {0}")]
+    Collective(String),
+    /// A shard plan cannot be made (world size or alignment 0) or its arguments do not fit it.
+    #[error("shard plan: {0}")]
+    ShardPlan(String),
 }
 
 /// Shorthand for `Result<T, ProfitError>`.

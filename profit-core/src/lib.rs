@@ -9,6 +9,8 @@
 //! - [`backend`]: the contract a tensor library implements; [`host`] implements it for any
 //!   library whose tensors are host memory.
 //! - [`schedule`], [`checkpoint`]: learning-rate schedules and save/resume.
+//! - [`shard`], [`collective`]: the optimizer state sharded over ranks, which agree on the
+//!   global sums through one all-reduce per call; an in-process engine over threads.
 //!
 //! A user depends on this crate plus one adapter (`profit-ndarray`, `profit-nalgebra`,
 //! `profit-candle`, `profit-burn`, `profit-dfdx`, `profit-cuda`), or on this crate alone with
@@ -46,6 +48,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod collective;
 pub mod element;
 pub mod error;
 pub mod host;
@@ -54,9 +57,11 @@ mod params;
 mod plain;
 pub mod profit;
 pub mod schedule;
+pub mod shard;
 
 pub use backend::{DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant};
 pub use checkpoint::{LoadOptions, SaveOptions};
+pub use collective::{Collective, SingleProcess, ThreadCollective};
 pub use element::{Dtype, Element, Real};
 pub use error::{BackendError, ProfitError, Result};
 pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Rule, Sgd};
@@ -66,3 +71,4 @@ pub use profit::{
     Delta, LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore,
     StepReport, TensorReport, STALL_SHARE,
 };
+pub use shard::{ShardPlan, ShardedProfit};

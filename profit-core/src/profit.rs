@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{projection_scalars, Kernel, Pass, Reduction, TensorOps};
+use crate::collective::{Collective, SingleProcess};
 use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
 use crate::optim::{check_lr, InnerConfig, Sgd};
@@ -333,6 +334,12 @@ pub struct Profit<B: TensorOps> {
     pub(crate) stalled_calls: u64,
     /// Per-tensor statistics of the last main call.
     pub(crate) tensor_reports: Vec<TensorReport>,
+    /// The other ranks, when this optimizer steps one shard of the parameters
+    /// ([`SingleProcess`] otherwise).
+    pub(crate) collective: Box<dyn Collective>,
+    /// The per-tensor reductions as the all-reduce sends them (`3 * tensors` values; empty
+    /// when single-process).
+    sums: Vec<f64>,
 }
 
 /// Reference calls among the first `calls` counted calls of a run with this configuration.
@@ -394,7 +401,57 @@ impl<B: TensorOps> Profit<B> {
             projected_calls: 0,
             stalled_calls: 0,
             tensor_reports: vec![TensorReport::default(); n],
+            collective: Box::new(SingleProcess),
+            sums: vec![],
         })
+    }
+
+    /// Make this optimizer one rank of a sharded run: its tensors are this rank's shards of
+    /// the parameters (see [`shard`](crate::shard)), and `collective` reaches the other ranks.
+    ///
+    /// Every rank must be built the same way (same configuration, groups and tensor names,
+    /// in the same order; a tensor of which a rank holds nothing is registered with zero
+    /// elements) and must make the same calls. Each call then sums its per-tensor
+    /// reductions over the ranks with one all-reduce of `3 * tensors` `f64`s, between the
+    /// reductions and the update, wherever a decision depends on them: at main calls (the
+    /// projection, global or per tensor), and at other calls when the clipping norm or the
+    /// non-finite check needs `|g|^2` (so every rank refuses or skips the same calls). With
+    /// [`NonFinitePolicy::Propagate`] and no clipping, reference and warm-up calls
+    /// communicate nothing. Every rank then takes the same decisions from bitwise the same
+    /// sums. `Err` if the collective's rank is not below its world size.
+    pub fn set_collective(&mut self, collective: impl Collective + 'static) -> Result<()> {
+        let (rank, world) = (collective.rank(), collective.world_size());
+        if rank >= world {
+            return Err(ProfitError::Collective(format!("rank {rank} is not below the world size {world}")));
+        }
+        self.sums = if world > 1 { vec![0.0; 3 * self.reg.names.len()] } else { vec![] };
+        self.collective = Box::new(collective);
+        Ok(())
+    }
+
+    /// This optimizer's rank in a sharded run (`0` single-process).
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    /// Ranks in the run (`1` single-process).
+    pub fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    /// Sum the per-tensor reductions over the ranks (nothing single-process).
+    fn all_reduce(&mut self) -> Result<()> {
+        if self.sums.is_empty() {
+            return Ok(());
+        }
+        for (s, r) in self.sums.chunks_exact_mut(3).zip(&self.reg.reductions) {
+            s.copy_from_slice(&[r.omega, r.delta_sq, r.grad_sq]);
+        }
+        self.collective.all_reduce_sum(&mut self.sums)?;
+        for (s, r) in self.sums.chunks_exact(3).zip(&mut self.reg.reductions) {
+            *r = Reduction { omega: s[0], delta_sq: s[1], grad_sq: s[2] };
+        }
+        Ok(())
     }
 
     /// What the next call will do (warm-up, reference or main).
@@ -446,10 +503,16 @@ impl<B: TensorOps> Profit<B> {
             self.config.non_finite != NonFinitePolicy::Propagate || self.config.max_grad_norm.is_some();
         // Fusing only pays when no gradient pre-pass is needed: the non-finite check and the
         // clipping norm must see every gradient before any tensor changes.
-        let fuse = main && self.config.projection == Projection::PerTensor && B::FUSE_PER_TENSOR && !need_pre;
+        // A shard's per-tensor sums are partial: they are summed over the ranks first.
+        let fuse = main
+            && self.config.projection == Projection::PerTensor
+            && B::FUSE_PER_TENSOR
+            && !need_pre
+            && self.sums.is_empty();
         if (main && !fuse) || need_pre {
             let states = (main && !fuse).then_some(&self.reg.states[..]);
             B::reduce_all(&self.reg.active, params, states, grads, &mut self.reg.reductions)?;
+            self.all_reduce()?;
             if let Some(name) = self.reg.non_finite() {
                 match self.config.non_finite {
                     NonFinitePolicy::Error => {

@@ -15,7 +15,9 @@
 //! - [`invariants`]: property tests of the algorithm's invariants;
 //! - [`bad_input`]: every kind of bad input returns its error and changes nothing;
 //! - [`checkpoints`]: save after every call of every golden case, load into a fresh optimizer,
-//!   continue, and match the uninterrupted run bitwise; corrupt checkpoints are refused.
+//!   continue, and match the uninterrupted run bitwise; corrupt checkpoints are refused;
+//! - [`sharded`]: the optimizer sharded over 1 to 4 in-process ranks against the
+//!   single-process one (host backend; `tests/sharded.rs`).
 //!
 //! ```ignore
 //! // in a backend crate's tests/conformance.rs:
@@ -26,6 +28,7 @@ pub mod bad_input;
 pub mod checkpoints;
 pub mod golden;
 pub mod invariants;
+pub mod sharded;
 
 use profit_core::{Delta, Dtype, Element, ProfitConfig, TensorOps};
 

@@ -129,6 +129,6 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
-        assert_eq!(n, 2 * 8 * 5 + 3);
+        assert_eq!(n, 4 * 8 * 5 + 4 + 1); // apply kernels, one partials kernel per type, the final one
     }
 }

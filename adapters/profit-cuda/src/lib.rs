@@ -38,11 +38,16 @@
 //! bf16 and f16 tensors are stored in 16 bits and computed in f32 with one rounding per stored
 //! value (the kernels convert with integer code, rounding to nearest even), as the host
 //! backends do; the reductions stay in f64. Their speed on a GPU has not been measured yet.
+//!
+//! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::Collective) over
+//! NCCL (loaded at run time) for PROFIT sharded over GPUs, one rank per GPU.
 
 #![warn(missing_docs)]
 
 mod device;
 pub mod kernels;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ops;
 mod tensor;
 
