@@ -101,3 +101,100 @@ fn realized_delta_loses_updates_below_the_spacing() {
     small_reference_updates_round_away::<bf16>();
     small_reference_updates_round_away::<f16>();
 }
+
+/// Sharding on ndarray: each rank a `Profit<NdArray>` over 1-D `ArrayD` shards, ranks as
+/// threads over `ThreadCollective`, equals the in-process engine on `VecBackend` bitwise, for
+/// 1 to 4 ranks (split tensors, an uneven split, empty ranks at 4).
+#[test]
+fn sharded_ndarray_ranks_equal_the_vec_engine() {
+    use profit_core::collective::ThreadCollective;
+    use profit_core::shard::{ShardPlan, ShardedProfit};
+    use profit_core::{Adam, ParamGroup, Sgd};
+    let shapes: [&[usize]; 3] = [&[5, 7], &[3], &[2, 9]];
+    let init: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, s)| (0..s.iter().product()).map(|i| ((t * 50 + i) as f32 * 0.31).sin()).collect())
+        .collect();
+    // Gradients that change little from call to call: the reference step points against the
+    // next gradient and the projection fires (with sums that must be global).
+    let grad = |call: usize, t: usize, i: usize| {
+        ((t * 131 + i) as f32 * 0.17).cos() + 0.1 * ((call * 977 + i) as f32 * 0.3).sin()
+    };
+    let config =
+        ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    for world in 1..=4 {
+        // The engine on VecBackend.
+        let mut full: Vec<VecTensor<f32>> =
+            shapes.iter().zip(&init).map(|(s, v)| VecTensor::new(s, v.clone()).unwrap()).collect();
+        let names = ["a", "b", "c"];
+        let groups = vec![ParamGroup::new(names.iter().copied().zip(full.iter()))];
+        let mut engine = ShardedProfit::new(config, groups, world, 4).unwrap();
+        for call in 0..6 {
+            let g: Vec<VecTensor<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(t, s)| {
+                    VecTensor::new(s, (0..s.iter().product()).map(|i| grad(call, t, i)).collect()).unwrap()
+                })
+                .collect();
+            let mut p: Vec<&mut VecTensor<f32>> = full.iter_mut().collect();
+            engine.step(&mut p, &g.iter().collect::<Vec<_>>()).unwrap();
+        }
+        // The same plan, one NdArray optimizer per rank.
+        let plan = ShardPlan::new(&shapes, world, 4).unwrap();
+        let flat: Vec<&[f32]> = init.iter().map(|v| &v[..]).collect();
+        let results: Vec<Vec<VecTensor<f32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ThreadCollective::new(world)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+                .map(|(rank, c)| {
+                    let (plan, flat) = (&plan, &flat);
+                    s.spawn(move || {
+                        let shards = plan.scatter(rank, flat).unwrap();
+                        let mut arrays: Vec<ArrayD<f32>> = shards
+                            .iter()
+                            .map(|t| ArrayD::from_shape_vec(IxDyn(&[t.data.len()]), t.data.clone()).unwrap())
+                            .collect();
+                        let named: Vec<(&str, &ArrayD<f32>)> =
+                            ["a", "b", "c"].into_iter().zip(arrays.iter()).collect();
+                        let mut opt =
+                            profit_core::Profit::<NdArray<f32>>::with_names(config, &named).unwrap();
+                        opt.set_collective(c).unwrap();
+                        for call in 0..6 {
+                            let g: Vec<ArrayD<f32>> = (0..3)
+                                .map(|t| {
+                                    let r = plan.range(rank, t).unwrap();
+                                    ArrayD::from_shape_vec(
+                                        IxDyn(&[r.len()]),
+                                        r.map(|i| grad(call, t, i)).collect(),
+                                    )
+                                    .unwrap()
+                                })
+                                .collect();
+                            let mut p: Vec<&mut ArrayD<f32>> = arrays.iter_mut().collect();
+                            opt.step(&mut p, &g.iter().collect::<Vec<_>>()).unwrap();
+                        }
+                        assert_eq!(opt.projected_calls(), 3, "rank {rank}: the projection must fire");
+                        arrays
+                            .into_iter()
+                            .map(|a| VecTensor::new(&[a.len()], a.into_raw_vec_and_offset().0).unwrap())
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut gathered: Vec<Vec<f32>> = init.iter().map(|v| vec![f32::NAN; v.len()]).collect();
+        for (rank, shards) in results.iter().enumerate() {
+            let s: Vec<&[f32]> = shards.iter().map(|t| &t.data[..]).collect();
+            let mut out: Vec<&mut [f32]> = gathered.iter_mut().map(|v| &mut v[..]).collect();
+            plan.gather(rank, &s, &mut out).unwrap();
+        }
+        for (t, (g, e)) in gathered.iter().zip(&full).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(&e.data), "world {world}, tensor {t}");
+        }
+    }
+}
