@@ -11,6 +11,8 @@
 //!   runs with the same world size and plan bitwise equal.
 //! - [`frozen_groups`], [`resume_mid_cycle`], [`refuse_other_shards`], [`failing_collective`],
 //!   [`non_finite_on_one_rank`], [`bad_input`]: the rest of the sharding contract.
+//! - [`ranks_on_backend`]: rank optimizers on any backend (a [`Harness`]) over 1-D shards
+//!   equal the [`VecBackend`] engine bitwise.
 
 use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::collective::{Collective, ThreadCollective};
@@ -22,7 +24,8 @@ use profit_core::{
 };
 
 use crate::golden::{golden_files, param_error, GoldenCase};
-use crate::{delta_name, TOLERANCE_F32_FILES};
+use crate::{delta_name, Harness, TOLERANCE_F32_FILES};
+use profit_core::TensorOps;
 
 /// What a run did at every call.
 #[derive(Clone, Debug, PartialEq)]
@@ -656,4 +659,95 @@ pub fn bad_input<E: Element>() {
     assert_eq!(full, toy.params.iter().map(|t| t.data.clone()).collect::<Vec<_>>());
     assert!((toy.values(), save_all(&opt)) == before, "bad input changed something");
     assert_eq!(opt.calls(), 0);
+}
+
+/// One `Profit<H::B>` per rank over 1-D shards of the backend's own tensors, the ranks as
+/// threads over [`ThreadCollective`], against the in-process engine on [`VecBackend`]: bitwise
+/// equal for 1 to 4 ranks (split tensors, an uneven split, empty ranks at 4), with the
+/// projection firing at every main call (the sums must be global for the results to agree).
+pub fn ranks_on_backend<H>(h: &H)
+where
+    H: Harness + Sync,
+    <H::B as TensorOps>::Elem: Element,
+{
+    type E<H> = <<H as Harness>::B as TensorOps>::Elem;
+    let shapes: [&[usize]; 3] = [&[5, 7], &[3], &[2, 9]];
+    let init: Vec<Vec<f64>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, s)| {
+            (0..s.iter().product())
+                .map(|i| E::<H>::from_f64(((t * 50 + i) as f64 * 0.31).sin()).as_f64())
+                .collect()
+        })
+        .collect();
+    // Gradients that change little from call to call: each reference step points against the
+    // next gradient, and the projection fires.
+    let grad = |call: usize, t: usize, i: usize| {
+        let g = ((t * 131 + i) as f64 * 0.17).cos() + 0.1 * ((call * 977 + i) as f64 * 0.3).sin();
+        E::<H>::from_f64(g).as_f64()
+    };
+    let config =
+        ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    let names = ["a", "b", "c"];
+    let vt = |shape: &[usize], v: &[f64]| -> VecTensor<E<H>> {
+        VecTensor::new(shape, v.iter().map(|&x| E::<H>::from_f64(x)).collect()).expect("shape")
+    };
+    for world in 1..=4 {
+        let mut full: Vec<VecTensor<E<H>>> = shapes.iter().zip(&init).map(|(s, v)| vt(s, v)).collect();
+        let groups = vec![ParamGroup::new(names.iter().copied().zip(full.iter()))];
+        let mut engine = ShardedProfit::new(config, groups, world, 4).expect("engine");
+        for call in 0..6 {
+            let g: Vec<VecTensor<E<H>>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(t, s)| vt(s, &(0..s.iter().product()).map(|i| grad(call, t, i)).collect::<Vec<_>>()))
+                .collect();
+            let mut p: Vec<&mut VecTensor<E<H>>> = full.iter_mut().collect();
+            engine.step(&mut p, &g.iter().collect::<Vec<_>>()).expect("engine step");
+        }
+        let plan = ShardPlan::new(&shapes, world, 4).expect("plan");
+        let shards: Vec<Vec<Vec<f64>>> = std::thread::scope(|s| {
+            let threads: Vec<_> = ThreadCollective::new(world)
+                .expect("collective")
+                .into_iter()
+                .enumerate()
+                .map(|(rank, c)| {
+                    let (plan, init, grad) = (&plan, &init, &grad);
+                    s.spawn(move || {
+                        let part = |t: usize, f: &dyn Fn(usize) -> f64| {
+                            let r = plan.range(rank, t).expect("range");
+                            h.tensor(&[r.len()], &r.map(f).collect::<Vec<_>>())
+                        };
+                        let mut mine: Vec<_> = (0..3).map(|t| part(t, &|i| init[t][i])).collect();
+                        let named: Vec<(&str, &_)> = names.into_iter().zip(mine.iter()).collect();
+                        let mut opt = Profit::<H::B>::with_names(config, &named).expect("rank optimizer");
+                        opt.set_collective(c).expect("collective");
+                        for call in 0..6 {
+                            let g: Vec<_> = (0..3).map(|t| part(t, &|i| grad(call, t, i))).collect();
+                            let mut p: Vec<&mut _> = mine.iter_mut().collect();
+                            opt.step(&mut p, &g.iter().collect::<Vec<_>>()).expect("rank step");
+                        }
+                        assert_eq!(
+                            opt.projected_calls(),
+                            3,
+                            "{} rank {rank}: the projection must fire",
+                            h.label()
+                        );
+                        mine.iter().map(|t| h.values(t)).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().expect("rank thread")).collect()
+        });
+        for (t, e) in full.iter().enumerate() {
+            let mut got = vec![f64::NAN; e.data.len()];
+            for (rank, s) in shards.iter().enumerate() {
+                got[plan.range(rank, t).expect("range")].copy_from_slice(&s[t]);
+            }
+            let want: Vec<u64> = e.data.iter().map(|x| x.as_f64().to_bits()).collect();
+            let got: Vec<u64> = got.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "{} world {world} tensor {t}", h.label());
+        }
+    }
 }

@@ -29,3 +29,10 @@ impl<E: Element + nalgebra::Scalar> Harness for Na<E> {
 
 conformance_suite!(nalgebra_f64, || Ok::<_, String>(Na::<f64>(Default::default())));
 conformance_suite!(nalgebra_f32, || Ok::<_, String>(Na::<f32>(Default::default())));
+
+/// Sharding on nalgebra: rank optimizers over one-column shards equal the `VecBackend` engine.
+#[test]
+fn sharded_nalgebra_ranks_equal_the_vec_engine() {
+    profit_conformance::sharded::ranks_on_backend(&Na::<f32>(Default::default()));
+    profit_conformance::sharded::ranks_on_backend(&Na::<f64>(Default::default()));
+}
