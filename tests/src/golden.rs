@@ -337,3 +337,56 @@ pub fn replay_with<H: Harness>(
     }
     Ok(stats)
 }
+
+impl Record {
+    /// Check one call of a replay through a framework against this record: the phase, every
+    /// parameter within `tol` (the README metric), and at main calls the `projected` flags
+    /// (`main_projected` for a global flag, `tensor_projected` for per-tensor ones). Returns
+    /// the worst parameter error, or what differs.
+    pub fn check(
+        &self,
+        phase: profit_core::Phase,
+        params: &[(&str, Vec<f64>)],
+        main_projected: Option<bool>,
+        tensor_projected: impl FnOnce() -> Vec<bool>,
+        tol: f64,
+    ) -> Result<f64, String> {
+        if phase.name() != self.phase {
+            return Err(format!("phase {}, expected {}", phase.name(), self.phase));
+        }
+        let mut worst = 0.0f64;
+        for (name, got) in params {
+            let exp = self.params.get(*name).ok_or_else(|| format!("no {name} in the record"))?;
+            let err = param_error(got, exp);
+            worst = worst.max(err);
+            if err.is_nan() || err > tol {
+                return Err(format!("param {name} error {err:.3e} > {tol:.0e}"));
+            }
+        }
+        if let (Some(exp), Some(main)) = (&self.projected, main_projected) {
+            let got = if exp.is_array() { tensor_projected() } else { vec![main] };
+            if bools(exp) != got {
+                return Err(format!("projected {got:?}, expected {exp}"));
+            }
+        }
+        Ok(worst)
+    }
+}
+
+/// The delta modes and tolerances (golden READMEs) a case is replayed in for an element type:
+/// float64 files in both modes at 1e-10 on f64 and in the accumulated mode at 1e-4 on f32;
+/// float32 files in the realized mode at 1e-5 on f32 (skipped on f64); 16-bit types in the
+/// accumulated mode at their measured tolerance.
+pub fn plan(case: &GoldenCase, dtype: profit_core::Dtype) -> Vec<(profit_core::Delta, f64)> {
+    use profit_core::{Delta, Dtype};
+    match (case.is_float32(), dtype) {
+        (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
+        (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
+        (true, Dtype::F32) => vec![(Delta::Realized, crate::TOLERANCE_F32_FILES)],
+        (true, Dtype::F64) => vec![],
+        // A realized delta in 16 bits loses most small reference updates to rounding, so its
+        // projections differ from any wider trajectory by design: accumulated only.
+        (_, Dtype::Bf16) => vec![(Delta::Accumulated, crate::TOLERANCE_BF16)],
+        (_, Dtype::F16) => vec![(Delta::Accumulated, crate::TOLERANCE_F16)],
+    }
+}

@@ -114,18 +114,10 @@ pub fn golden_all<H: Harness>(h: &H) {
             }
         };
         let float32 = case.is_float32();
-        let plan: Vec<(Delta, f64)> = match (float32, dtype) {
-            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
-            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
-            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
-            (true, Dtype::F64) => {
-                println!("golden {:<28} {:<18} skipped: a float32 trajectory", case.name, h.label());
-                vec![]
-            }
-            // A realized delta in 16 bits loses most small reference updates to rounding, so its
-            // projections differ from any wider trajectory by design: accumulated only.
-            (_, Dtype::Bf16 | Dtype::F16) => vec![(Delta::Accumulated, tolerance::<H>())],
-        };
+        if float32 && dtype == Dtype::F64 {
+            println!("golden {:<28} {:<18} skipped: a float32 trajectory", case.name, h.label());
+        }
+        let plan = golden::plan(&case, dtype);
         for (delta, tol) in plan {
             match golden::replay_with(h, &case, tol, |c| ProfitConfig { delta, ..c }) {
                 Ok(s) => println!(

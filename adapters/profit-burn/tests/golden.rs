@@ -10,9 +10,9 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use profit_burn::{BurnElement, BurnProfit};
-use profit_conformance::golden::{bools, golden_files, param_error, GoldenCase};
-use profit_conformance::{delta_name, TOLERANCE_F32_FILES};
-use profit_core::{Delta, Dtype, Element, ProfitConfig};
+use profit_conformance::delta_name;
+use profit_conformance::golden::{self, golden_files, GoldenCase};
+use profit_core::{Delta, Element, ProfitConfig};
 
 #[derive(Module, Debug)]
 struct Affine {
@@ -58,27 +58,16 @@ fn replay<E: BurnElement>(case: &GoldenCase, delta: Delta, tol: f64) -> Result<f
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let (next, report) = opt.try_step(model, &grads).map_err(|f| at(f.error.to_string()))?;
         model = next;
-        if report.phase.name() != rec.phase {
-            return Err(at(format!("phase {}, expected {}", report.phase.name(), rec.phase)));
-        }
-        for (name, got) in [("w", values::<E, 2>(model.w.val())), ("b", values::<E, 1>(model.b.val()))] {
-            let exp = rec.params.get(name).ok_or_else(|| at(format!("no {name}")))?;
-            let err = param_error(&got, exp);
-            worst = worst.max(err);
-            if err.is_nan() || err > tol {
-                return Err(at(format!("param {name} error {err:.3e} > {tol:.0e}")));
-            }
-        }
-        if let (Some(exp), Some(main)) = (&rec.projected, report.main) {
-            let got: Vec<bool> = if exp.is_array() {
-                opt.tensor_reports().iter().map(|r| r.projected).collect()
-            } else {
-                vec![main.projected]
-            };
-            if bools(exp) != got {
-                return Err(at(format!("projected {got:?}, expected {exp}")));
-            }
-        }
+        let params = [("w", values::<E, 2>(model.w.val())), ("b", values::<E, 1>(model.b.val()))];
+        let main = report.main.map(|m| m.projected);
+        let err = rec.check(
+            report.phase,
+            &params,
+            main,
+            || opt.tensor_reports().iter().map(|r| r.projected).collect(),
+            tol,
+        );
+        worst = worst.max(err.map_err(at)?);
     }
     Ok(worst)
 }
@@ -96,13 +85,7 @@ fn replay_all<E: BurnElement>() {
                 continue;
             }
         };
-        let plan: Vec<(Delta, f64)> = match (case.is_float32(), <E as Element>::DTYPE) {
-            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
-            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
-            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
-            // f64 skips the float32 files; this adapter maps no other type.
-            _ => vec![],
-        };
+        let plan = golden::plan(&case, <E as Element>::DTYPE);
         for (delta, tol) in plan {
             runs += 1;
             match replay::<E>(&case, delta, tol) {

@@ -8,9 +8,9 @@
 
 use candle_core::{Device, Tensor, Var};
 use profit_candle::{Access, CandleElement, CandleProfit};
-use profit_conformance::golden::{bools, golden_files, param_error, GoldenCase};
-use profit_conformance::{delta_name, TOLERANCE_F32_FILES};
-use profit_core::{Delta, Dtype, Element, ProfitConfig};
+use profit_conformance::delta_name;
+use profit_conformance::golden::{self, golden_files, GoldenCase};
+use profit_core::{Delta, Element, ProfitConfig};
 
 fn tensor<E: CandleElement>(data: &[f64], shape: &[usize]) -> Tensor {
     let v: Vec<E> = data.iter().map(|&x| <E as Element>::from_f64(x)).collect();
@@ -51,27 +51,16 @@ fn replay<E: CandleElement>(
         let loss = (r.sqr().unwrap().sum_all().unwrap() * (0.5 / rows.len() as f64)).unwrap();
         let grads = loss.backward().map_err(|e| at(e.to_string()))?;
         let report = opt.try_step(&grads).map_err(|e| at(e.to_string()))?;
-        if report.phase.name() != rec.phase {
-            return Err(at(format!("phase {}, expected {}", report.phase.name(), rec.phase)));
-        }
-        for (name, var) in [("w", &w), ("b", &b)] {
-            let exp = rec.params.get(name).ok_or_else(|| at(format!("no {name}")))?;
-            let err = param_error(&values::<E>(var.as_tensor()), exp);
-            worst = worst.max(err);
-            if err.is_nan() || err > tol {
-                return Err(at(format!("param {name} error {err:.3e} > {tol:.0e}")));
-            }
-        }
-        if let (Some(exp), Some(main)) = (&rec.projected, report.main) {
-            let got: Vec<bool> = if exp.is_array() {
-                opt.tensor_reports().iter().map(|r| r.projected).collect()
-            } else {
-                vec![main.projected]
-            };
-            if bools(exp) != got {
-                return Err(at(format!("projected {got:?}, expected {exp}")));
-            }
-        }
+        let params = [("w", values::<E>(w.as_tensor())), ("b", values::<E>(b.as_tensor()))];
+        let main = report.main.map(|m| m.projected);
+        let err = rec.check(
+            report.phase,
+            &params,
+            main,
+            || opt.tensor_reports().iter().map(|r| r.projected).collect(),
+            tol,
+        );
+        worst = worst.max(err.map_err(at)?);
     }
     Ok(worst)
 }
@@ -89,13 +78,7 @@ fn replay_all<E: CandleElement>() {
                 continue;
             }
         };
-        let plan: Vec<(Delta, f64)> = match (case.is_float32(), <E as Element>::DTYPE) {
-            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
-            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
-            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
-            // f64 skips the float32 files; this adapter maps no other type.
-            _ => vec![],
-        };
+        let plan = golden::plan(&case, <E as Element>::DTYPE);
         for (delta, tol) in plan {
             for access in [Access::Auto, Access::Copy] {
                 runs += 1;
