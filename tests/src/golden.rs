@@ -390,3 +390,37 @@ pub fn plan(case: &GoldenCase, dtype: profit_core::Dtype) -> Vec<(profit_core::D
         (_, Dtype::F16) => vec![(Delta::Accumulated, crate::TOLERANCE_F16)],
     }
 }
+
+/// Replay every golden case in every mode of [`plan`] for `dtype` with `replay` (which returns
+/// the worst parameter error or what differs), print one line per replay labelled `label`, and
+/// panic listing every failure (or if nothing ran).
+pub fn replay_every_case(
+    label: &str,
+    dtype: profit_core::Dtype,
+    mut replay: impl FnMut(&GoldenCase, profit_core::Delta, f64) -> Result<f64, String>,
+) {
+    let files = golden_files().unwrap_or_else(|e| panic!("{e}"));
+    let (mut runs, mut failures) = (0, vec![]);
+    for f in &files {
+        let case = match GoldenCase::load(&f.path) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        for (delta, tol) in plan(&case, dtype) {
+            runs += 1;
+            match replay(&case, delta, tol) {
+                Ok(worst) => println!(
+                    "golden {:<28} {label:<16} {:<11} worst param error {worst:.3e} (tol {tol:.0e})",
+                    case.name,
+                    crate::delta_name(delta)
+                ),
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(runs > 0, "no golden replay ran for {label}");
+    assert!(failures.is_empty(), "{} failure(s) on {label}:\n{}", failures.len(), failures.join("\n"));
+}

@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use profit_burn::{BurnElement, BurnProfit};
 use profit_conformance::delta_name;
-use profit_conformance::golden::{self, golden_files, GoldenCase};
+use profit_conformance::golden::{self, GoldenCase};
 use profit_core::{Delta, Element, ProfitConfig};
 
 #[derive(Module, Debug)]
@@ -73,34 +73,8 @@ fn replay<E: BurnElement>(case: &GoldenCase, delta: Delta, tol: f64) -> Result<f
 }
 
 fn replay_all<E: BurnElement>() {
-    let files = golden_files().expect("golden files");
-    assert!(!files.is_empty(), "no golden cases");
-    let mut failures = vec![];
-    let mut runs = 0;
-    for f in &files {
-        let case = match GoldenCase::load(&f.path) {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let plan = golden::plan(&case, <E as Element>::DTYPE);
-        for (delta, tol) in plan {
-            runs += 1;
-            match replay::<E>(&case, delta, tol) {
-                Ok(worst) => println!(
-                    "golden {:<28} burn-{} {:<11} worst param error {worst:.3e} (tol {tol:.0e})",
-                    case.name,
-                    <E as Element>::DTYPE,
-                    delta_name(delta)
-                ),
-                Err(e) => failures.push(e),
-            }
-        }
-    }
-    assert!(runs > 0);
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    let label = format!("burn-{}", <E as Element>::DTYPE);
+    golden::replay_every_case(&label, <E as Element>::DTYPE, replay::<E>);
 }
 
 #[test]

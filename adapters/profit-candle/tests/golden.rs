@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor, Var};
 use profit_candle::{Access, CandleElement, CandleProfit};
 use profit_conformance::delta_name;
-use profit_conformance::golden::{self, golden_files, GoldenCase};
+use profit_conformance::golden::{self, GoldenCase};
 use profit_core::{Delta, Element, ProfitConfig};
 
 fn tensor<E: CandleElement>(data: &[f64], shape: &[usize]) -> Tensor {
@@ -66,37 +66,12 @@ fn replay<E: CandleElement>(
 }
 
 fn replay_all<E: CandleElement>() {
-    let files = golden_files().expect("golden files");
-    assert!(!files.is_empty(), "no golden cases");
-    let mut failures = vec![];
-    let mut runs = 0;
-    for f in &files {
-        let case = match GoldenCase::load(&f.path) {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let plan = golden::plan(&case, <E as Element>::DTYPE);
-        for (delta, tol) in plan {
-            for access in [Access::Auto, Access::Copy] {
-                runs += 1;
-                match replay::<E>(&case, delta, tol, access) {
-                    Ok(worst) => println!(
-                        "golden {:<28} candle-{}-{:<5} {:<11} worst param error {worst:.3e} (tol {tol:.0e})",
-                        case.name,
-                        <E as Element>::DTYPE,
-                        format!("{access:?}").to_lowercase(),
-                        delta_name(delta)
-                    ),
-                    Err(e) => failures.push(e),
-                }
-            }
-        }
+    for access in [Access::Auto, Access::Copy] {
+        let label = format!("candle-{}-{}", <E as Element>::DTYPE, format!("{access:?}").to_lowercase());
+        golden::replay_every_case(&label, <E as Element>::DTYPE, |case, delta, tol| {
+            replay::<E>(case, delta, tol, access)
+        });
     }
-    assert!(runs > 0);
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
