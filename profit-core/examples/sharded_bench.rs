@@ -50,17 +50,19 @@ fn cycles(params: usize) -> usize {
     (1e9 / (64.0 * params as f64)).ceil().max(2.0) as usize
 }
 
-fn single(params: &mut [VecTensor<f32>], grads: &[VecTensor<f32>]) -> f64 {
-    let named: Vec<(String, &VecTensor<f32>)> =
-        params.iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect();
-    let mut opt = Profit::<VecBackend<f32>>::with_groups(config(), vec![ParamGroup::new(named)]).unwrap();
+/// Median seconds per cycle of `step` over the full parameters (one warm-up repetition).
+fn time_cycles(
+    params: &mut [VecTensor<f32>],
+    grads: &[VecTensor<f32>],
+    mut step: impl FnMut(&mut [&mut VecTensor<f32>], &[&VecTensor<f32>]),
+) -> f64 {
     let g: Vec<&VecTensor<f32>> = grads.iter().collect();
     let n = cycles(params.iter().map(|t| t.data.len()).sum());
     let mut times = vec![];
     for rep in 0..=REPS {
         let t = Instant::now();
         for _ in 0..2 * n {
-            opt.step(&mut params.iter_mut().collect::<Vec<_>>(), &g).unwrap();
+            step(&mut params.iter_mut().collect::<Vec<_>>(), &g);
         }
         if rep > 0 {
             times.push(t.elapsed().as_secs_f64() / n as f64);
@@ -69,12 +71,21 @@ fn single(params: &mut [VecTensor<f32>], grads: &[VecTensor<f32>]) -> f64 {
     median(times)
 }
 
+fn named(params: &[VecTensor<f32>]) -> Vec<ParamGroup<'_, VecTensor<f32>>> {
+    vec![ParamGroup::new(params.iter().enumerate().map(|(i, t)| (i.to_string(), t)))]
+}
+
+fn single(params: &mut [VecTensor<f32>], grads: &[VecTensor<f32>]) -> f64 {
+    let mut opt = Profit::<VecBackend<f32>>::with_groups(config(), named(params)).unwrap();
+    time_cycles(params, grads, |p, g| {
+        opt.step(p, g).unwrap();
+    })
+}
+
 fn ranks(params: &[VecTensor<f32>], grads: &[VecTensor<f32>], world: usize) -> f64 {
     let shapes: Vec<Vec<usize>> = params.iter().map(|t| t.shape.clone()).collect();
     let plan = ShardPlan::new(&shapes, world, DEFAULT_ALIGN).unwrap();
-    let named: Vec<(String, &VecTensor<f32>)> =
-        params.iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect();
-    let groups = vec![ParamGroup::new(named)];
+    let groups = named(params);
     let n = cycles(params.iter().map(|t| t.data.len()).sum());
     let barrier = Barrier::new(world);
     let full_g: Vec<&[f32]> = grads.iter().map(|g| &g.data[..]).collect();
@@ -114,22 +125,10 @@ fn ranks(params: &[VecTensor<f32>], grads: &[VecTensor<f32>], world: usize) -> f
 }
 
 fn engine(params: &mut [VecTensor<f32>], grads: &[VecTensor<f32>], world: usize) -> f64 {
-    let named: Vec<(String, &VecTensor<f32>)> =
-        params.iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect();
-    let mut opt = ShardedProfit::new(config(), vec![ParamGroup::new(named)], world, DEFAULT_ALIGN).unwrap();
-    let g: Vec<&VecTensor<f32>> = grads.iter().collect();
-    let n = cycles(params.iter().map(|t| t.data.len()).sum());
-    let mut times = vec![];
-    for rep in 0..=REPS {
-        let t = Instant::now();
-        for _ in 0..2 * n {
-            opt.step(&mut params.iter_mut().collect::<Vec<_>>(), &g).unwrap();
-        }
-        if rep > 0 {
-            times.push(t.elapsed().as_secs_f64() / n as f64);
-        }
-    }
-    median(times)
+    let mut opt = ShardedProfit::new(config(), named(params), world, DEFAULT_ALIGN).unwrap();
+    time_cycles(params, grads, |p, g| {
+        opt.step(p, g).unwrap();
+    })
 }
 
 fn main() {

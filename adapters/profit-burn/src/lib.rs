@@ -299,6 +299,29 @@ impl<E: BurnElement> ModuleMapper for Scatter<'_, E> {
     }
 }
 
+/// Copy every registered parameter of `module` (and, with `grads`, its gradient) into the
+/// host buffers; an error if one is missing or does not fit.
+fn visit_all<M: Module, E: BurnElement>(
+    module: &M,
+    reg: &Registry,
+    params: &mut [VecTensor<E>],
+    grads: Option<(&GradientsParams, &mut [VecTensor<E>])>,
+) -> Result<(), BurnProfitError> {
+    let mut g = Gather::<E> { reg, params, grads, found: 0, error: None };
+    module.visit(&mut g);
+    if let Some(e) = g.error {
+        return Err(e);
+    }
+    if g.found != reg.names.len() {
+        return Err(BurnProfitError::ModuleMismatch(format!(
+            "{} of the {} registered parameters found",
+            g.found,
+            reg.names.len()
+        )));
+    }
+    Ok(())
+}
+
 struct Core<E: BurnElement> {
     profit: Profit<Host<E>>,
     params: Vec<VecTensor<E>>,
@@ -328,42 +351,13 @@ impl<E: BurnElement> Core<E> {
         reg: &Registry,
         grads: &GradientsParams,
     ) -> Result<(), BurnProfitError> {
-        let mut g = Gather::<E> {
-            reg,
-            params: &mut self.params,
-            grads: Some((grads, &mut self.grads)),
-            found: 0,
-            error: None,
-        };
-        module.visit(&mut g);
-        if let Some(e) = g.error {
-            return Err(e);
-        }
-        if g.found != reg.names.len() {
-            return Err(BurnProfitError::ModuleMismatch(format!(
-                "{} of the {} registered parameters found",
-                g.found,
-                reg.names.len()
-            )));
-        }
-        Ok(())
+        visit_all(module, reg, &mut self.params, Some((grads, &mut self.grads)))
     }
 
     /// The module's current values of the registered parameters, in fresh buffers.
     fn current<M: Module>(&self, module: &M, reg: &Registry) -> Result<Vec<VecTensor<E>>, BurnProfitError> {
         let mut params = self.params.clone();
-        let mut g = Gather::<E> { reg, params: &mut params, grads: None, found: 0, error: None };
-        module.visit(&mut g);
-        if let Some(e) = g.error {
-            return Err(e);
-        }
-        if g.found != reg.names.len() {
-            return Err(BurnProfitError::ModuleMismatch(format!(
-                "{} of the {} registered parameters found",
-                g.found,
-                reg.names.len()
-            )));
-        }
+        visit_all(module, reg, &mut params, None)?;
         Ok(params)
     }
 
