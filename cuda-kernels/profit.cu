@@ -470,25 +470,16 @@ __device__ __forceinline__ void reduce_partials_body(const Desc* __restrict__ de
     }
 }
 
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
-    profit_reduce_partials_f32(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
-    reduce_partials_body<float>(desc, nt, total_blocks, partials);
-}
+#define REDUCE_ENTRY(S, TN)                                                                        \
+    extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) profit_reduce_partials_##TN(           \
+        const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {        \
+        reduce_partials_body<S>(desc, nt, total_blocks, partials);                                      \
+    }
 
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
-    profit_reduce_partials_f64(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
-    reduce_partials_body<double>(desc, nt, total_blocks, partials);
-}
-
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
-    profit_reduce_partials_bf16(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
-    reduce_partials_body<bf16_t>(desc, nt, total_blocks, partials);
-}
-
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
-    profit_reduce_partials_f16(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, double* __restrict__ partials) {
-    reduce_partials_body<f16_t>(desc, nt, total_blocks, partials);
-}
+REDUCE_ENTRY(float, f32)
+REDUCE_ENTRY(double, f64)
+REDUCE_ENTRY(bf16_t, bf16)
+REDUCE_ENTRY(f16_t, f16)
 
 // Pass 2 of the reductions: per tensor (grid-stride over table entries), the fixed-order sum
 // of its block partials into `out[3 * t ..]`.

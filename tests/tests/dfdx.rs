@@ -6,7 +6,7 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::nn::ZeroGrads;
 use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
-use profit_conformance::golden::{golden_files, GoldenCase};
+use profit_conformance::golden::{self, GoldenCase};
 use profit_conformance::{conformance_suite, Harness};
 use profit_core::{Delta, ProfitConfig};
 use profit_dfdx::{DfdxProfit, Flat, FlatTensor};
@@ -73,16 +73,10 @@ fn unpad(v: &[f32], d: usize, k: usize) -> Vec<f64> {
     (0..d).flat_map(|i| (0..k).map(move |j| v[i * MAX_K + j] as f64)).collect()
 }
 
-/// Replay one case through dfdx (float64 cases with the accumulated delta within 1e-4, float32
-/// cases with the realized delta within 1e-5); returns the worst parameter error and the
-/// tolerance.
-fn replay(case: &GoldenCase) -> Result<(f64, f64), String> {
+/// Replay one case through dfdx in one delta mode within `tol`; returns the worst parameter
+/// error.
+fn replay(case: &GoldenCase, delta: Delta, tol: f64) -> Result<f64, String> {
     let dev = Cpu::default();
-    let (delta, tol) = if case.is_float32() {
-        (Delta::Realized, profit_conformance::TOLERANCE_F32_FILES)
-    } else {
-        (Delta::Accumulated, 1e-4)
-    };
     let config = ProfitConfig { delta, ..case.profit_config()? };
     let (pw, pb) = (&case.problem.params[0], &case.problem.params[1]);
     let (d, k) = match (pw.shape.as_slice(), pb.shape.as_slice()) {
@@ -129,29 +123,10 @@ fn replay(case: &GoldenCase) -> Result<(f64, f64), String> {
         let reports = || opt.profit().tensor_reports().iter().map(|r| r.projected).collect();
         worst = worst.max(rec.check(report.phase, &params, main, reports, tol).map_err(at)?);
     }
-    Ok((worst, tol))
+    Ok(worst)
 }
 
 #[test]
 fn golden_replay_through_dfdx_optimizer() {
-    let files = golden_files().expect("golden files");
-    assert!(!files.is_empty(), "no golden cases");
-    let mut failures = vec![];
-    for f in &files {
-        let case = match GoldenCase::load(&f.path) {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        match replay(&case) {
-            Ok((worst, tol)) => println!(
-                "golden {:<28} dfdx-optimizer-f32  worst param error {worst:.3e} (tol {tol:.0e})",
-                case.name
-            ),
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    golden::replay_every_case("dfdx-optimizer-f32", profit_core::Dtype::F32, replay);
 }
