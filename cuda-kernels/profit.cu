@@ -23,6 +23,15 @@
 //             main_realized (profit-core's `Variant`, in its order)
 //       rule: sgd, sgdm, adam, amsgrad, rmsprop
 //   profit_reduce_partials_<f32|f64|bf16|f16>, profit_reduce_final
+//   profit_decide_<f32|f64> (by math type: bf16 and f16 use f32)
+//
+// Deciding on the device. A call that needs reductions (every main call; reference and warm-up
+// calls when non-finite gradients are refused or gradients clipped) can run as partials, final,
+// decide, apply, back to back, with no wait for the host in between: `profit_decide_*` turns
+// the per-tensor reductions into every tensor's (grad_scale, proj, delta_scale) and a verdict,
+// exactly as profit-core's `Decision::evaluate` does (same operations, same summation order),
+// and the apply kernels read those instead of the scalar set's, or do nothing at all when the
+// verdict refuses the call.
 //
 // Element types. Parameters, gradients and state are stored as S (float, double, or the 16-bit
 // bf16_t / f16_t below); the math runs in Math<S>::M (S itself for float and double, float for
@@ -32,12 +41,13 @@
 typedef unsigned long long u64;
 typedef unsigned int u32;
 
-// Mirrored by `Desc` in adapters/profit-cuda/src/ops.rs: 10 little-endian u64 words.
+// Mirrored by `Desc` in adapters/profit-cuda/src/ops.rs: 11 little-endian u64 words.
 struct Desc {
     u64 p, g, d, a, s0, s1, s2;  // device pointers (0 where the pass does not use the array)
     u64 n;                       // elements
     u64 block_start;             // first flattened block of this tensor in this launch
     u64 meta;                    // scalar-set index (low 32 bits) | rule flags << 32
+    u64 tensor;                  // the tensor's index in the optimizer's list, plus one
 };
 
 #define APPLY_THREADS 256
@@ -272,10 +282,18 @@ __device__ __forceinline__ u32 find_tensor(const Desc* __restrict__ desc, u32 nt
 
 // The fused pass: host.rs `fused_loop`, APPLY_PER_THREAD elements per thread, all loads of a
 // thread issued before its stores.
+// `verdict` (null unless the call was decided on the device, see profit_decide_*) is the
+// decision's header: anything but 0 in verdict[0] refuses the call; `decided` holds each
+// tensor's (grad_scale, proj, delta_scale), by `Desc::tensor`.
 template <typename S, int PASS, int RULE>
 __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,
-                                           const typename Math<S>::M* __restrict__ scalars) {
+                                           const typename Math<S>::M* __restrict__ scalars,
+                                           const double* __restrict__ verdict,
+                                           const typename Math<S>::M* __restrict__ decided) {
     typedef typename Math<S>::M T;
+    if (verdict != 0 && verdict[0] != 0.0) {
+        return;
+    }
     const bool reads_d = PASS == REF_ACC || PASS == MAIN_ANCHOR || PASS == MAIN_SUB;
     const bool reads_a = PASS == MAIN_ANCHOR || PASS == MAIN_REALIZED;
     const bool reads_p = PASS != MAIN_ANCHOR;
@@ -292,9 +310,10 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
         S* __restrict__ s2 = (S*)D->s2;
         const u32 flags = (u32)(D->meta >> 32);
         const T* __restrict__ c = scalars + (u64)(u32)D->meta * SC_STRIDE;
-        const T gs = c[0];
-        const T pj = c[1];
-        const T ds = c[10];
+        const T* __restrict__ v = verdict != 0 ? decided + 3 * (D->tensor - 1) : 0;
+        const T gs = v != 0 ? v[0] : c[0];
+        const T pj = v != 0 ? v[1] : c[1];
+        const T ds = v != 0 ? v[2] : c[10];
         const int ns = n_slots<RULE>(flags);
 
         T gv[APPLY_PER_THREAD], pv[APPLY_PER_THREAD], av[APPLY_PER_THREAD], dv[APPLY_PER_THREAD];
@@ -362,8 +381,10 @@ __device__ __forceinline__ void apply_body(const Desc* __restrict__ desc, u32 nt
 #define APPLY_ENTRY(T, TN, PASS, PN, RULE, RN)                                                     \
     extern "C" __global__ void __launch_bounds__(APPLY_THREADS)                                   \
         profit_apply_##TN##_##PN##_##RN(const Desc* __restrict__ desc, u32 nt, u64 total_blocks,  \
-                                        const Math<T>::M* __restrict__ scalars) {                 \
-        apply_body<T, PASS, RULE>(desc, nt, total_blocks, scalars);                               \
+                                        const Math<T>::M* __restrict__ scalars,                   \
+                                        const double* __restrict__ verdict,                       \
+                                        const Math<T>::M* __restrict__ decided) {                 \
+        apply_body<T, PASS, RULE>(desc, nt, total_blocks, scalars, verdict, decided);             \
     }
 
 #define APPLY_RULES(T, TN, PASS, PN)                  \
@@ -482,7 +503,8 @@ REDUCE_ENTRY(bf16_t, bf16)
 REDUCE_ENTRY(f16_t, f16)
 
 // Pass 2 of the reductions: per tensor (grid-stride over table entries), the fixed-order sum
-// of its block partials into `out[3 * t ..]`.
+// of its block partials into `out[3 * (tensor - 1) ..]` (by the tensor's index in the
+// optimizer's list; entries of tensors not in the table are left as they are).
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
     profit_reduce_final(const Desc* __restrict__ desc, u32 nt, u64 total_blocks, const double* __restrict__ partials,
                         double* __restrict__ out) {
@@ -500,10 +522,177 @@ extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
         }
         block_tree3(s_om, s_dd, s_gg, om, dd, gg);
         if (threadIdx.x == 0) {
-            out[3 * (u64)t + 0] = s_om[0];
-            out[3 * (u64)t + 1] = s_dd[0];
-            out[3 * (u64)t + 2] = s_gg[0];
+            const u64 o = 3 * (desc[t].tensor - 1);
+            out[o + 0] = s_om[0];
+            out[o + 1] = s_dd[0];
+            out[o + 2] = s_gg[0];
         }
         __syncthreads();
     }
 }
+
+// ---- Deciding on the device: profit-core's `Decision::evaluate`, operation for operation ----
+
+#define D_CHECK_FINITE 1u
+#define D_PROJECT 2u
+#define D_GLOBAL 4u
+#define D_CLIP 8u
+
+template <typename T>
+struct MaxExp;
+template <>
+struct MaxExp<float> {
+    static const int value = 127;
+};
+template <>
+struct MaxExp<double> {
+    static const int value = 1023;
+};
+
+// Finite (neither infinite nor NaN), without relying on a math library's classification.
+template <typename T>
+__device__ __forceinline__ bool finite_m(T x) {
+    return x - x == T(0);
+}
+
+// The fire test and coefficient of profit-core's `projection_coef`.
+__device__ __forceinline__ double projection_coef(double omega, double dsq) {
+    return (omega < 0.0 && dsq > 0.0) ? omega / dsq : 0.0;
+}
+
+// profit-core's `projection_scalars`: false when `proj` is not finite in T even scaled.
+template <typename T>
+__device__ __forceinline__ bool projection_scalars(double coef, double dsq, T& proj, T& ds) {
+    if (coef == 0.0) {
+        proj = T(0);
+        ds = T(1);
+        return true;
+    }
+    const double norm = sqrt_rn(dsq);
+    int m = 0;
+    if (norm < 1.0) {
+        if (norm > 0.0) {
+            m = -ilogb(norm);
+            m = m < 0 ? 0 : (m > MaxExp<T>::value ? MaxExp<T>::value : m);
+        } else {
+            m = MaxExp<T>::value;
+        }
+    }
+    const double scale = ldexp(1.0, m);
+    const T p = (T)(coef / scale);
+    if (!finite_m(p)) {
+        return false;
+    }
+    proj = p;
+    ds = (T)scale;
+    return true;
+}
+
+// Smallest value over the block (an order-independent, exact reduction); every thread gets it.
+__device__ __forceinline__ u32 block_min(u32* s, u32 v) {
+    const u32 t = threadIdx.x;
+    s[t] = v;
+    __syncthreads();
+#pragma unroll
+    for (u32 h = REDUCE_THREADS / 2; h > 0; h >>= 1) {
+        if (t < h && s[t + h] < s[t]) {
+            s[t] = s[t + h];
+        }
+        __syncthreads();
+    }
+    const u32 r = s[0];
+    __syncthreads();
+    return r;
+}
+
+// One block of REDUCE_THREADS threads. `red` holds the call's reductions, three per tensor for
+// all `n` tensors (zero where a tensor is not in the call); writes `verdict` (3 doubles: 0 apply,
+// 1 non-finite gradient, 2 coefficient overflow; the tensor; the coefficient) and `decided`
+// (grad_scale, proj, delta_scale per tensor, in the math type T).
+template <typename T>
+__device__ __forceinline__ void decide_body(const double* __restrict__ red, u32 n, u32 flags, double max_norm,
+                                            double sign, double* __restrict__ verdict, T* __restrict__ decided) {
+    __shared__ double s_om[REDUCE_THREADS];
+    __shared__ double s_dd[REDUCE_THREADS];
+    __shared__ double s_gg[REDUCE_THREADS];
+    __shared__ u32 s_min[REDUCE_THREADS];
+    const u32 t = threadIdx.x;
+    if (flags & D_CHECK_FINITE) {
+        u32 first = n;
+        for (u32 i = t; i < n; i += REDUCE_THREADS) {
+            if (!finite_m(red[3 * (u64)i + 2])) {
+                first = i;
+                break;
+            }
+        }
+        first = block_min(s_min, first);
+        if (first < n) {
+            if (t == 0) {
+                verdict[0] = 1.0;
+                verdict[1] = (double)first;
+                verdict[2] = 0.0;
+            }
+            return;
+        }
+    }
+    // profit-core's `total`: lane t adds entries t, t + 256, ... in order, then the tree.
+    double om = 0.0, dd = 0.0, gg = 0.0;
+    for (u32 i = t; i < n; i += REDUCE_THREADS) {
+        om = om + red[3 * (u64)i + 0];
+        dd = dd + red[3 * (u64)i + 1];
+        gg = gg + red[3 * (u64)i + 2];
+    }
+    block_tree3(s_om, s_dd, s_gg, om, dd, gg);
+    const double tom = s_om[0], tdd = s_dd[0], tgg = s_gg[0];
+    double scale = 1.0;
+    if (flags & D_CLIP) {
+        const double a = max_norm / (sqrt_rn(tgg) + 1e-6);
+        scale = a < 1.0 ? a : 1.0;  // Rust's f64::min(a, 1.0), NaN included
+    }
+    const T gs = (T)(sign * scale);
+    const double gcoef = projection_coef(tom * scale, tdd);
+    u32 bad = n;
+    double bad_coef = 0.0;
+    for (u32 i = t; i < n; i += REDUCE_THREADS) {
+        double coef = 0.0, dsq = 1.0;
+        if (flags & D_PROJECT) {
+            if (flags & D_GLOBAL) {
+                coef = gcoef;
+                dsq = tdd;
+            } else {
+                dsq = red[3 * (u64)i + 1];
+                coef = projection_coef(red[3 * (u64)i + 0] * scale, dsq);
+            }
+        }
+        T pj = T(0), ds = T(1);
+        if (!projection_scalars<T>(sign * coef, dsq, pj, ds) && bad == n) {
+            bad = i;
+            bad_coef = coef;
+        }
+        decided[3 * (u64)i + 0] = gs;
+        decided[3 * (u64)i + 1] = pj;
+        decided[3 * (u64)i + 2] = ds;
+    }
+    const u32 first_bad = block_min(s_min, bad);
+    if (first_bad < n) {
+        if (bad == first_bad) {
+            verdict[0] = 2.0;
+            verdict[1] = (double)first_bad;
+            verdict[2] = bad_coef;
+        }
+    } else if (t == 0) {
+        verdict[0] = 0.0;
+        verdict[1] = 0.0;
+        verdict[2] = 0.0;
+    }
+}
+
+#define DECIDE_ENTRY(T, TN)                                                                        \
+    extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)                                   \
+        profit_decide_##TN(const double* __restrict__ red, u32 n, u32 flags, double max_norm,      \
+                           double sign, double* __restrict__ verdict, T* __restrict__ decided) {   \
+        decide_body<T>(red, n, flags, max_norm, sign, verdict, decided);                          \
+    }
+
+DECIDE_ENTRY(float, f32)
+DECIDE_ENTRY(double, f64)

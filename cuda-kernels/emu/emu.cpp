@@ -92,9 +92,13 @@ static void run_grid(Body body, void** params, unsigned grid, unsigned block) {
 }
 
 // ---- kernel registry ------------------------------------------------------------------------
-template <typename T, void (*F)(const Desc*, u32, u64, const T*)>
+template <typename T, void (*F)(const Desc*, u32, u64, const T*, const double*, const T*)>
 static void apply_launcher(void** p) {
-    F(*(const Desc**)p[0], *(u32*)p[1], *(u64*)p[2], *(const T**)p[3]);
+    F(*(const Desc**)p[0], *(u32*)p[1], *(u64*)p[2], *(const T**)p[3], *(const double**)p[4], *(const T**)p[5]);
+}
+template <typename T, void (*F)(const double*, u32, u32, double, double, double*, T*)>
+static void decide_launcher(void** p) {
+    F(*(const double**)p[0], *(u32*)p[1], *(u32*)p[2], *(double*)p[3], *(double*)p[4], *(double**)p[5], *(T**)p[6]);
 }
 template <void (*F)(const Desc*, u32, u64, double*)>
 static void partials_launcher(void** p) {
@@ -122,6 +126,8 @@ static std::map<std::string, Body>& registry() {
         r["profit_reduce_partials_bf16"] = partials_launcher<profit_reduce_partials_bf16>;
         r["profit_reduce_partials_f16"] = partials_launcher<profit_reduce_partials_f16>;
         r["profit_reduce_final"] = final_launcher;
+        r["profit_decide_f32"] = decide_launcher<float, profit_decide_f32>;
+        r["profit_decide_f64"] = decide_launcher<double, profit_decide_f64>;
     }
     return r;
 }

@@ -59,7 +59,9 @@ pub mod profit;
 pub mod schedule;
 pub mod shard;
 
-pub use backend::{DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant};
+pub use backend::{
+    Decision, DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant, Verdict,
+};
 pub use checkpoint::{LoadOptions, SaveOptions};
 pub use collective::{Collective, SingleProcess, ThreadCollective};
 pub use element::{Dtype, Element, Real};

@@ -191,18 +191,6 @@ impl<B: TensorOps> Registry<B> {
         Ok(())
     }
 
-    /// Name of the first active tensor whose gradient reduction is not finite.
-    pub fn non_finite(&self) -> Option<&str> {
-        (0..self.names.len())
-            .find(|&i| self.active[i] && !self.reductions[i].grad_sq.is_finite())
-            .map(|i| self.names[i].as_str())
-    }
-
-    /// Sum of the active reductions, in tensor order (deterministic).
-    pub fn total(&self) -> Reduction {
-        self.reductions.iter().fold(Reduction::default(), |a, &r| a.add(r))
-    }
-
     /// Parameters (elements) of trainable tensors.
     pub fn trainable_elements(&self) -> usize {
         (0..self.names.len())

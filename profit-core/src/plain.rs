@@ -1,6 +1,6 @@
 //! An inner optimizer used on its own, as a plain `torch.optim`-style optimizer.
 
-use crate::backend::{Pass, TensorOps};
+use crate::backend::{Decision, Pass, TensorOps, Verdict};
 use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
 use crate::optim::InnerConfig;
@@ -62,25 +62,53 @@ impl<B: TensorOps> Plain<B> {
     /// skipped for a non-finite gradient (policy `Skip`).
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<bool> {
         self.reg.check_call(params, grads)?;
-        if self.non_finite != NonFinitePolicy::Propagate {
-            B::reduce_all(&self.reg.active, params, None, grads, &mut self.reg.reductions)?;
-            if let Some(name) = self.reg.non_finite() {
-                if self.non_finite == NonFinitePolicy::Skip {
-                    self.skipped += 1;
-                    return Ok(false);
-                }
-                return Err(ProfitError::NonFiniteGradient { name: name.to_string() });
-            }
-        }
         let step = self.steps + 1;
         for i in 0..self.reg.names.len() {
             let g = &self.reg.groups[self.reg.group_of[i]];
             let k = &mut self.reg.kernels[i];
             k.pass = Pass::Plain;
             k.rule = self.config.rule(step, g.lr, g.weight_decay);
-            k.grad_scale = <B::Elem as Element>::Real::from_f64(self.config.grad_sign());
         }
-        B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+        let decision = Decision {
+            check_finite: self.non_finite != NonFinitePolicy::Propagate,
+            max_grad_norm: None,
+            sign: self.config.grad_sign(),
+            projection: None,
+        };
+        let reg = &mut self.reg;
+        let mut applied = false;
+        if decision.check_finite {
+            let on_device = B::reduce_decide_apply(
+                &decision,
+                &reg.active,
+                &mut reg.kernels,
+                params,
+                grads,
+                &mut reg.states,
+                &mut reg.reductions,
+            )?;
+            applied = on_device.is_some();
+            let verdict = match on_device {
+                Some(v) => v,
+                None => {
+                    B::reduce_all(&reg.active, params, None, grads, &mut reg.reductions)?;
+                    decision.evaluate(&reg.active, &reg.reductions, &mut reg.kernels)
+                }
+            };
+            if let Verdict::NonFinite { tensor } = verdict {
+                if self.non_finite == NonFinitePolicy::Skip {
+                    self.skipped += 1;
+                    return Ok(false);
+                }
+                return Err(ProfitError::NonFiniteGradient { name: reg.names[tensor].clone() });
+            }
+        } else {
+            let gs = <B::Elem as Element>::Real::from_f64(decision.sign);
+            reg.kernels.iter_mut().for_each(|k| k.grad_scale = gs);
+        }
+        if !applied {
+            B::apply_all(&reg.active, &reg.kernels, params, grads, &mut reg.states)?;
+        }
         self.steps = step;
         Ok(true)
     }

@@ -19,7 +19,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{projection_scalars, Kernel, Pass, Reduction, TensorOps};
+use crate::backend::{
+    fires, projection_coef, projection_scalars, total, Decision, Kernel, Pass, Reduction, TensorOps, Verdict,
+};
 use crate::collective::{Collective, SingleProcess};
 use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
@@ -268,38 +270,12 @@ pub struct StepReport {
     pub main: Option<MainReport>,
 }
 
-/// Whether the projection fires: `omega < 0` (hence `|delta|^2 > 0`; the second test guards
-/// an underflowed `|delta|^2`, so that nothing is ever divided by zero).
-fn fires(omega: f64, delta_sq: f64) -> bool {
-    omega < 0.0 && delta_sq > 0.0
-}
-
-/// The projection coefficient `omega / |delta|^2` when the projection fires, else `0`: the
-/// gradient goes to the main optimizer unchanged.
-fn projection_coef(omega: f64, delta_sq: f64) -> f64 {
-    if fires(omega, delta_sq) {
-        omega / delta_sq
-    } else {
-        0.0
-    }
-}
-
 fn cosine(omega: f64, dd: f64, gg: f64) -> f64 {
     if dd > 0.0 && gg > 0.0 {
         omega / (dd.sqrt() * gg.sqrt())
     } else {
         0.0
     }
-}
-
-/// Set a main kernel's projection scalars from its coefficient; `Err` when the coefficient
-/// cannot be represented in the element's math type even scaled.
-fn set_projection<E: Element>(k: &mut Kernel<E>, sign: f64, coef: f64, delta_sq: f64) -> Result<()> {
-    let (proj, scale) = projection_scalars::<E::Real>(sign * coef, delta_sq)
-        .ok_or(ProfitError::ProjectionOverflow { coefficient: coef })?;
-    k.proj = proj;
-    k.delta_scale = scale;
-    Ok(())
 }
 
 /// The PROFIT optimizer over backend `B`.
@@ -504,39 +480,15 @@ impl<B: TensorOps> Profit<B> {
         // Fusing only pays when no gradient pre-pass is needed: the non-finite check and the
         // clipping norm must see every gradient before any tensor changes.
         // A shard's per-tensor sums are partial: they are summed over the ranks first.
+        let single = self.sums.is_empty();
         let fuse = main
             && self.config.projection == Projection::PerTensor
             && B::FUSE_PER_TENSOR
             && !need_pre
-            && self.sums.is_empty();
-        if (main && !fuse) || need_pre {
-            let states = (main && !fuse).then_some(&self.reg.states[..]);
-            B::reduce_all(&self.reg.active, params, states, grads, &mut self.reg.reductions)?;
-            self.all_reduce()?;
-            if let Some(name) = self.reg.non_finite() {
-                match self.config.non_finite {
-                    NonFinitePolicy::Error => {
-                        return Err(ProfitError::NonFiniteGradient { name: name.to_string() })
-                    }
-                    NonFinitePolicy::Skip => {
-                        self.skipped += 1;
-                        return Ok(StepReport {
-                            call: self.calls,
-                            phase: Phase::Skipped,
-                            grad_scale: 1.0,
-                            main: None,
-                        });
-                    }
-                    NonFinitePolicy::Propagate => {}
-                }
-            }
-        }
-        let scale = match self.config.max_grad_norm {
-            Some(max) => (max / (self.reg.total().grad_sq.sqrt() + 1e-6)).min(1.0),
-            None => 1.0,
-        };
+            && single;
 
-        // Pass 2: one fused pass per tensor.
+        // Pass 2: one fused pass per tensor, its kernel's pass and rule set here, its scalars by
+        // the decision.
         let (pass, inner, step) = match phase {
             Phase::Reference => {
                 (Pass::Reference { first }, self.config.reference, self.reference_steps() + 1)
@@ -551,24 +503,29 @@ impl<B: TensorOps> Profit<B> {
             } else {
                 (g.lr, g.weight_decay)
             };
-            let k = &mut self.reg.kernels[i];
-            k.pass = pass;
-            k.rule = inner.rule(step, lr, wd);
-            k.grad_scale = <B::Elem as Element>::Real::from_f64(inner.grad_sign() * scale);
-            k.proj = <B::Elem as Element>::Real::from_f64(0.0);
-            k.delta_scale = <B::Elem as Element>::Real::from_f64(1.0);
+            self.reg.kernels[i].pass = pass;
+            self.reg.kernels[i].rule = inner.rule(step, lr, wd);
         }
-        let mut report = None;
-        // With `maximize` the main optimizer negates the (projected) gradient.
+        // With `maximize` the inner optimizer negates the (projected) gradient.
         let sign = inner.grad_sign();
+        let decision = Decision {
+            check_finite: self.config.non_finite != NonFinitePolicy::Propagate,
+            max_grad_norm: self.config.max_grad_norm,
+            sign,
+            projection: main.then_some(self.config.projection == Projection::Global),
+        };
+        let mut report = None;
+        let mut scale = 1.0;
         if fuse {
             // Per-tensor coefficients inside the fused pass. A coefficient that overflows even
             // scaled propagates (this path runs only under `NonFinitePolicy::Propagate`).
+            let gs = <B::Elem as Element>::Real::from_f64(sign);
+            let one = <B::Elem as Element>::Real::from_f64(1.0);
             let coef = |r: Reduction, k: &mut Kernel<B::Elem>| {
-                let c = projection_coef(r.omega * scale, r.delta_sq);
-                if set_projection(k, sign, c, r.delta_sq).is_err() {
-                    k.proj = <<B::Elem as Element>::Real as num_traits::Float>::infinity();
-                }
+                let c = projection_coef(r.omega, r.delta_sq);
+                k.grad_scale = gs;
+                (k.proj, k.delta_scale) = projection_scalars(sign * c, r.delta_sq)
+                    .unwrap_or((<<B::Elem as Element>::Real as num_traits::Float>::infinity(), one));
             };
             let reg = &mut self.reg;
             B::reduce_apply_all(
@@ -580,10 +537,62 @@ impl<B: TensorOps> Profit<B> {
                 &mut reg.reductions,
                 &coef,
             )?;
-            report = Some(self.main_report(scale, sign, false)?);
-        } else {
+            report = Some(self.main_report(scale));
+        } else if main || need_pre {
+            let reg = &mut self.reg;
+            let on_device = match single {
+                true => B::reduce_decide_apply(
+                    &decision,
+                    &reg.active,
+                    &mut reg.kernels,
+                    params,
+                    grads,
+                    &mut reg.states,
+                    &mut reg.reductions,
+                )?,
+                false => None,
+            };
+            let verdict = match on_device {
+                Some(v) => v,
+                None => {
+                    let states = main.then_some(&reg.states[..]);
+                    B::reduce_all(&reg.active, params, states, grads, &mut reg.reductions)?;
+                    self.all_reduce()?;
+                    let reg = &mut self.reg;
+                    decision.evaluate(&reg.active, &reg.reductions, &mut reg.kernels)
+                }
+            };
+            match verdict {
+                Verdict::Apply => {}
+                Verdict::NonFinite { tensor } => {
+                    if self.config.non_finite == NonFinitePolicy::Skip {
+                        self.skipped += 1;
+                        return Ok(StepReport {
+                            call: self.calls,
+                            phase: Phase::Skipped,
+                            grad_scale: 1.0,
+                            main: None,
+                        });
+                    }
+                    return Err(ProfitError::NonFiniteGradient { name: self.reg.names[tensor].clone() });
+                }
+                Verdict::Overflow { coefficient, .. } => {
+                    return Err(ProfitError::ProjectionOverflow { coefficient })
+                }
+            }
+            scale = decision.clip_scale(total(&self.reg.reductions));
             if main {
-                report = Some(self.main_report(scale, sign, true)?);
+                report = Some(self.main_report(scale));
+            }
+            if on_device.is_none() {
+                B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+            }
+        } else {
+            // No reductions: the plain scalars (nothing to clip or project).
+            type R<B> = <<B as TensorOps>::Elem as Element>::Real;
+            for k in &mut self.reg.kernels {
+                (k.grad_scale, k.proj, k.delta_scale) =
+                    (R::<B>::from_f64(sign), R::<B>::from_f64(0.0), R::<B>::from_f64(1.0));
             }
             B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
         }
@@ -596,27 +605,14 @@ impl<B: TensorOps> Profit<B> {
         Ok(StepReport { call, phase, grad_scale: scale, main: report })
     }
 
-    /// The main call's report and per-tensor reports from its reductions; with `set`, also the
-    /// kernels' projection scalars (each coefficient computed once, here), checked before
-    /// anything is changed.
-    fn main_report(&mut self, scale: f64, sign: f64, set: bool) -> Result<MainReport> {
+    /// The main call's report and per-tensor reports from its reductions.
+    fn main_report(&mut self, scale: f64) -> MainReport {
         let global = self.config.projection == Projection::Global;
-        let total = self.reg.total();
+        let total = total(&self.reg.reductions);
         let (om, dd, gg) = (total.omega * scale, total.delta_sq, total.grad_sq * scale * scale);
         let global_fires = fires(om, dd);
         let mut any = false;
         let mut removed_sq = 0.0;
-        if set {
-            for i in 0..self.reg.names.len() {
-                let r = self.reg.reductions[i];
-                let (coef, d_sq) = match (self.reg.active[i], global) {
-                    (false, _) => (0.0, 1.0),
-                    (true, true) => (projection_coef(om, dd), dd),
-                    (true, false) => (projection_coef(r.omega * scale, r.delta_sq), r.delta_sq),
-                };
-                set_projection(&mut self.reg.kernels[i], sign, coef, d_sq)?;
-            }
-        }
         for (i, r) in self.reg.reductions.iter().enumerate() {
             let (o_i, d_i) = (r.omega * scale, r.delta_sq);
             let projected = self.reg.active[i] && if global { global_fires } else { fires(o_i, d_i) };
@@ -637,7 +633,7 @@ impl<B: TensorOps> Profit<B> {
         } else {
             (any, if gg > 0.0 { (removed_sq / gg).min(1.0) } else { 0.0 })
         };
-        Ok(MainReport { omega: om, delta_norm_sq: dd, grad_norm_sq: gg, projected, cosine: cos, removed })
+        MainReport { omega: om, delta_norm_sq: dd, grad_norm_sq: gg, projected, cosine: cos, removed }
     }
 
     /// The configuration (with the learning rates it was built with).

@@ -1,5 +1,6 @@
 //! The backend handle: context, stream, loaded kernels and the reusable launch scratch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdevice_attribute;
@@ -27,13 +28,17 @@ pub enum PtxSource {
 /// step allocates nothing once the first step of a given size has run.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// Descriptor tables: [apply, reduce without delta, reduce with delta].
-    pub(crate) tables: [Table; 3],
+    /// Descriptor tables: [apply at reference and warm-up calls, reduce without delta,
+    /// reduce with delta, apply at main calls] (kept apart so that alternating calls do not
+    /// upload each other's table every time).
+    pub(crate) tables: [Table; 4],
     /// Scalar sets of the last apply call (bytes of the element type).
     pub(crate) scalars: Option<CudaSlice<u8>>,
     /// Per-block reduction partials (3 per block).
     pub(crate) partials: Option<CudaSlice<f64>>,
-    /// Per-tensor reductions (3 per tensor), on the device and on the host.
+    /// A call's results, on the device and on the host: the verdict (3 doubles) of a call
+    /// decided on the device, the per-tensor reductions (3 per tensor, by tensor index), then
+    /// (device only) the decided scalars (3 per tensor, in the math type).
     pub(crate) out_dev: Option<CudaSlice<f64>>,
     pub(crate) out_host: Vec<f64>,
     /// Host staging for the table and scalar sets being built.
@@ -41,6 +46,8 @@ pub(crate) struct Scratch {
     pub(crate) bytes: Vec<u8>,
     /// `(variant, tensor index)` of the tensors a call launches on.
     pub(crate) entries: Vec<(u16, u32)>,
+    /// The apply launches described in `words`: (variant, first entry, end entry, blocks).
+    pub(crate) groups: Vec<(u16, usize, usize, u64)>,
 }
 
 /// One descriptor table on the device and a host copy of what it holds (uploads are skipped
@@ -61,8 +68,11 @@ pub(crate) struct Device {
     pub(crate) apply_fns: Vec<CudaFunction>,
     pub(crate) partial_fns: Vec<CudaFunction>,
     pub(crate) final_fn: CudaFunction,
+    pub(crate) decide_fns: Vec<CudaFunction>,
     pub(crate) sm_count: u32,
     pub(crate) scratch: Mutex<Scratch>,
+    /// Whether calls that need reductions are decided on the device (the default).
+    pub(crate) decide_on_device: AtomicBool,
 }
 
 impl Device {
@@ -168,6 +178,7 @@ impl CudaBackend {
             .map(|d| load(&kernels::reduce_partials_entry(d)))
             .collect::<Result<_, _>>()?;
         let final_fn = load(kernels::REDUCE_FINAL)?;
+        let decide_fns = kernels::DECIDE.iter().map(|n| load(n)).collect::<Result<_, _>>()?;
         Ok(CudaBackend {
             dev: Arc::new(Device {
                 ordinal,
@@ -178,8 +189,10 @@ impl CudaBackend {
                 apply_fns,
                 partial_fns,
                 final_fn,
+                decide_fns,
                 sm_count,
                 scratch: Mutex::new(Scratch::default()),
+                decide_on_device: AtomicBool::new(true),
             }),
         })
     }
@@ -213,6 +226,23 @@ impl CudaBackend {
     /// these tensors must use it too (this backend turns off cudarc's cross-stream events).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.dev.stream
+    }
+
+    /// Whether a call that needs reductions (every main call; reference and warm-up calls when
+    /// non-finite gradients are refused or gradients are clipped) is decided on the device:
+    /// reductions, decision and update are enqueued back to back, and the host waits once, at
+    /// the end of the call (the default, `true`). With `false` the host waits for the
+    /// reductions, decides, then launches the update, as any backend without
+    /// [`TensorOps::reduce_decide_apply`](profit_core::TensorOps::reduce_decide_apply) does.
+    /// Results are bitwise the same either way; this switch exists to measure the difference.
+    /// Applies to every optimizer over this backend's tensors.
+    pub fn set_decide_on_device(&self, on: bool) {
+        self.dev.decide_on_device.store(on, Ordering::Relaxed);
+    }
+
+    /// See [`set_decide_on_device`](Self::set_decide_on_device).
+    pub fn decides_on_device(&self) -> bool {
+        self.dev.decide_on_device.load(Ordering::Relaxed)
     }
 
     /// Wait for all queued work.

@@ -22,7 +22,9 @@ pub const REDUCE_THREADS: u32 = 256;
 /// Elements per scalar set (`SC_STRIDE` in `profit.cu`).
 pub const SC_STRIDE: usize = 12;
 /// `u64` words per tensor descriptor (`struct Desc` in `profit.cu`).
-pub const DESC_WORDS: usize = 10;
+pub const DESC_WORDS: usize = 11;
+/// Threads of the one block that decides a call on the device (`REDUCE_THREADS`).
+pub const DECIDE_THREADS: u32 = 256;
 
 /// Element type names, in kernel-table order.
 pub const DTYPES: [&str; 4] = ["f32", "f64", "bf16", "f16"];
@@ -42,6 +44,8 @@ pub const PASSES: [&str; 8] = [
 pub const RULES: [&str; 5] = ["sgd", "sgdm", "adam", "amsgrad", "rmsprop"];
 /// The final (element-type independent) reduction kernel.
 pub const REDUCE_FINAL: &str = "profit_reduce_final";
+/// The decision kernels, by math type (`f32` for f32, bf16 and f16; `f64` for f64).
+pub const DECIDE: [&str; 2] = ["profit_decide_f32", "profit_decide_f64"];
 
 /// Name of the apply kernel for element type, pass and rule indices.
 pub fn apply_entry(dtype: usize, pass: usize, rule: usize) -> String {
@@ -55,7 +59,7 @@ pub fn reduce_partials_entry(dtype: usize) -> String {
 
 /// Every entry point the Rust side loads, in load order.
 pub fn entry_points() -> Vec<String> {
-    let mut v = Vec::with_capacity(DTYPES.len() * (PASSES.len() * RULES.len() + 1) + 1);
+    let mut v = Vec::with_capacity(DTYPES.len() * (PASSES.len() * RULES.len() + 1) + 1 + DECIDE.len());
     for d in 0..DTYPES.len() {
         for p in 0..PASSES.len() {
             for r in 0..RULES.len() {
@@ -67,6 +71,7 @@ pub fn entry_points() -> Vec<String> {
         v.push(reduce_partials_entry(d));
     }
     v.push(REDUCE_FINAL.to_string());
+    v.extend(DECIDE.iter().map(|s| s.to_string()));
     v
 }
 
@@ -129,6 +134,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
-        assert_eq!(n, 4 * 8 * 5 + 4 + 1); // apply kernels, one partials kernel per type, the final one
+        // Apply kernels, one partials kernel per type, the final one, two decision kernels.
+        assert_eq!(n, 4 * 8 * 5 + 4 + 1 + 2);
     }
 }

@@ -9,7 +9,15 @@
 //!   in f64, then projects, restores and steps the main optimizer in one more pass.
 //! - One launch covers all tensors (a device table of pointers and per-tensor scalars), so a
 //!   step costs O(1) launches whatever the number of tensors; reductions come back as three
-//!   `f64` per tensor. Device tables and scratch are kept and reused: a step allocates no device memory (cudarc builds a small host argument list per launch).
+//!   `f64` per tensor.
+//! - A call that needs reductions (every main call; reference and warm-up calls when
+//!   non-finite gradients are refused or gradients clipped) is decided on the device
+//!   ([`TensorOps::reduce_decide_apply`](profit_core::TensorOps::reduce_decide_apply)): a
+//!   one-block kernel evaluates profit-core's `Decision` (non-finite check, clipping, the
+//!   projection coefficients) from the reductions, and the update is enqueued right behind
+//!   it, so the host waits once per call, at its end, instead of between the reductions and
+//!   the update. Bitwise the same as deciding on the host
+//!   ([`CudaBackend::set_decide_on_device`] switches it off, for measurements). Device tables and scratch are kept and reused: a step allocates no device memory (cudarc builds a small host argument list per launch).
 //! - The element math mirrors profit-core's host loops operation for operation (no FMA
 //!   contraction, IEEE division and square root), so the apply passes round as the CPU
 //!   backends do; reductions are deterministic (fixed order) but summed in another order than

@@ -8,7 +8,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use profit_core::{BackendError, DeltaView, Kernel, Pass, Reduction, Rule, TensorOps, TensorState, Variant};
+use profit_core::{
+    BackendError, Decision, DeltaView, Element, Kernel, Pass, Reduction, Rule, TensorOps, TensorState,
+    Variant, Verdict,
+};
 
 use crate::device::{driver_err, ensure, Device, Scratch};
 use crate::kernels::{self, APPLY_CHUNK, APPLY_THREADS, DESC_WORDS, REDUCE_CHUNK, REDUCE_THREADS, SC_STRIDE};
@@ -100,29 +103,48 @@ fn upload_table(dev: &Device, s: &mut Scratch, which: usize) -> Result<(), Backe
     Ok(())
 }
 
-/// One fused pass over every active tensor, launched per (pass, rule) variant.
-fn apply_all<E: CudaElement>(
+/// The verdict's place at the start of `out_dev` / `out_host`; the reductions follow it.
+const VERDICT: usize = 3;
+
+fn lock(dev: &Device) -> Result<std::sync::MutexGuard<'_, Scratch>, BackendError> {
+    dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))
+}
+
+/// The descriptor table an apply uses: main calls keep their own, so that a cycle's
+/// alternating reference and main calls find their tables unchanged on the device.
+fn apply_table<E: Element>(kernels: &[Kernel<E>], active: &[bool]) -> usize {
+    let main = kernels.iter().zip(active).any(|(k, &a)| a && k.pass == Pass::Main);
+    if main {
+        3
+    } else {
+        0
+    }
+}
+
+/// Check every active tensor of an apply and describe it: descriptor table in `s.words`
+/// (grouped by variant, block_start relative to the group), scalar sets in `s.bytes`
+/// (consecutive identical sets shared) and the launch groups in `s.groups`. Launches nothing.
+fn build_apply<E: CudaElement>(
+    dev: &Arc<Device>,
+    s: &mut Scratch,
     active: &[bool],
     kernels: &[Kernel<E>],
-    params: &mut [&mut CudaTensor<E>],
+    params: &[&mut CudaTensor<E>],
     grads: &[&CudaTensor<E>],
-    states: &mut [TensorState<CudaTensor<E>>],
+    states: &[TensorState<CudaTensor<E>>],
 ) -> Result<(), BackendError> {
     let n = active.len();
     if kernels.len() != n || params.len() != n || grads.len() != n || states.len() != n {
         return Err(err("apply_all: argument counts differ"));
     }
-    let Some(first) = (0..n).find(|&i| active[i]) else { return Ok(()) };
-    let dev = params[first].dev.clone();
-    let mut guard = dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))?;
-    let s = &mut *guard;
     s.entries.clear();
-
-    // Check everything before launching anything.
+    s.groups.clear();
+    s.words.clear();
+    s.bytes.clear();
     for i in (0..n).filter(|&i| active[i]) {
         let (k, p, g, st) = (&kernels[i], &*params[i], grads[i], &states[i]);
-        same_dev(&dev, p, "a parameter")?;
-        same_dev(&dev, g, "a gradient")?;
+        same_dev(dev, p, "a parameter")?;
+        same_dev(dev, g, "a gradient")?;
         let len = p.len;
         if g.len != len {
             return Err(err("apply_all: gradient and parameter lengths differ"));
@@ -130,7 +152,7 @@ fn apply_all<E: CudaElement>(
         let variant = st.variant(k.pass).ok_or_else(|| err("pass needs an anchor or a delta"))?;
         let pass = variant as usize;
         let check = |t: &CudaTensor<E>, what: &str| -> Result<(), BackendError> {
-            same_dev(&dev, t, what)?;
+            same_dev(dev, t, what)?;
             if t.len != len {
                 return Err(err(format!("apply_all: {what} length differs from its parameter")));
             }
@@ -142,7 +164,7 @@ fn apply_all<E: CudaElement>(
         if variant.reads_anchor() || variant.writes_anchor() {
             check(st.anchor.as_ref().ok_or_else(|| err("pass needs the anchor"))?, "anchor")?;
         }
-        let slots = if matches!(k.pass, Pass::Reference { .. }) { &st.ref_slots } else { &st.main_slots };
+        let slots = st.slots(k.pass);
         if slots.len() < k.rule.slots() {
             return Err(err("missing optimizer state slots"));
         }
@@ -155,26 +177,22 @@ fn apply_all<E: CudaElement>(
         let rule = scalar_set(k).0;
         s.entries.push(((pass * kernels::RULES.len() + rule) as u16, i as u32));
     }
-    if s.entries.is_empty() {
-        return Ok(());
-    }
     s.entries.sort_unstable();
 
-    // Descriptor table (grouped by variant, block_start relative to the group) and scalar sets
-    // (consecutive identical sets shared).
-    s.words.clear();
-    s.bytes.clear();
     let set_bytes = SC_STRIDE * E::SCALAR_BYTES;
     let mut n_sets = 0u64;
     let mut blocks = 0u64;
-    let mut group_variant = u16::MAX;
     for e in 0..s.entries.len() {
         let (variant, i) = s.entries[e];
         let i = i as usize;
-        if variant != group_variant {
-            group_variant = variant;
+        if e == 0 || variant != s.entries[e - 1].0 {
+            if let Some(last) = s.groups.last_mut() {
+                last.3 = blocks;
+            }
+            s.groups.push((variant, e, e, 0));
             blocks = 0;
         }
+        s.groups.last_mut().expect("pushed").2 = e + 1;
         let (_, set, flags) = scalar_set(&kernels[i]);
         let at = s.bytes.len();
         for x in set {
@@ -187,21 +205,20 @@ fn apply_all<E: CudaElement>(
         }
         let st = &states[i];
         let v = Variant::ALL[variant as usize / kernels::RULES.len()];
-        let slots =
-            if matches!(kernels[i].pass, Pass::Reference { .. }) { &st.ref_slots } else { &st.main_slots };
+        let slots = st.slots(kernels[i].pass);
         let used = kernels[i].rule.slots();
-        let slot = |j: usize| if j < used { ptr(&dev, &slots[j]) } else { 0 };
+        let slot = |j: usize| if j < used { ptr(dev, &slots[j]) } else { 0 };
         let len = params[i].len as u64;
         s.words.extend_from_slice(&[
-            ptr(&dev, params[i]),
-            ptr(&dev, grads[i]),
+            ptr(dev, params[i]),
+            ptr(dev, grads[i]),
             if v.reads_delta() || v.writes_delta() {
-                st.delta.as_ref().map_or(0, |t| ptr(&dev, t))
+                st.delta.as_ref().map_or(0, |t| ptr(dev, t))
             } else {
                 0
             },
             if v.reads_anchor() || v.writes_anchor() {
-                st.anchor.as_ref().map_or(0, |t| ptr(&dev, t))
+                st.anchor.as_ref().map_or(0, |t| ptr(dev, t))
             } else {
                 0
             },
@@ -211,23 +228,39 @@ fn apply_all<E: CudaElement>(
             len,
             blocks,
             (n_sets - 1) | (flags as u64) << 32,
+            i as u64 + 1,
         ]);
         blocks += len.div_ceil(APPLY_CHUNK);
     }
-    upload_table(&dev, s, 0)?;
+    if let Some(last) = s.groups.last_mut() {
+        last.3 = blocks;
+    }
+    Ok(())
+}
+
+/// Upload the apply described in `s` (table `which`, scalar sets), for [`launch_apply`].
+fn upload_apply<E: CudaElement>(dev: &Device, s: &mut Scratch, which: usize) -> Result<(), BackendError> {
+    if s.groups.is_empty() {
+        return Ok(());
+    }
+    upload_table(dev, s, which)?;
     ensure(&dev.stream, &mut s.scalars, s.bytes.len())?;
     let sc = s.scalars.as_mut().expect("ensured");
-    dev.stream.memcpy_htod(&s.bytes[..], &mut sc.slice_mut(0..s.bytes.len())).map_err(driver_err)?;
+    dev.stream.memcpy_htod(&s.bytes[..], &mut sc.slice_mut(0..s.bytes.len())).map_err(driver_err)
+}
 
-    // One launch per variant group.
-    let table = s.tables[0].dev.as_ref().expect("uploaded");
-    let sc = s.scalars.as_ref().expect("ensured");
-    let mut start = 0;
-    while start < s.entries.len() {
-        let variant = s.entries[start].0;
-        let end = start + s.entries[start..].iter().take_while(|e| e.0 == variant).count();
-        let last = &s.words[(end - 1) * DESC_WORDS..end * DESC_WORDS];
-        let total = last[8] + last[7].div_ceil(APPLY_CHUNK);
+/// One apply launch per variant group of the apply uploaded into table `which`. With
+/// `decided`, the device pointers of a decision's verdict and scalars (see `profit_decide_*`).
+fn launch_apply<E: CudaElement>(
+    dev: &Device,
+    s: &Scratch,
+    which: usize,
+    decided: Option<(u64, u64)>,
+) -> Result<(), BackendError> {
+    let (verdict, values) = decided.unwrap_or((0, 0));
+    for &(variant, start, end, total) in &s.groups {
+        let table = s.tables[which].dev.as_ref().expect("uploaded");
+        let sc = s.scalars.as_ref().expect("ensured");
         let nt = (end - start) as u32;
         let view = table.slice(start * DESC_WORDS..end * DESC_WORDS);
         let f = dev.apply_fn(E::DTYPE_INDEX, variant as usize);
@@ -237,14 +270,63 @@ fn apply_all<E: CudaElement>(
             shared_mem_bytes: 0,
         };
         let mut b = dev.stream.launch_builder(f);
-        b.arg(&view).arg(&nt).arg(&total).arg(sc);
-        // SAFETY: the kernel's signature is (const Desc*, u32, u64, const T*); the table holds
-        // `nt` descriptors whose pointers were checked above to be live buffers of this
-        // backend with `n` elements each, and the scalar sets they index were uploaded.
+        b.arg(&view).arg(&nt).arg(&total).arg(sc).arg(&verdict).arg(&values);
+        // SAFETY: the kernel's signature is (const Desc*, u32, u64, const T*, const double*,
+        // const T*); the table holds `nt` descriptors whose pointers were checked to be live
+        // buffers of this backend with `n` elements each, the scalar sets they index were
+        // uploaded, and `verdict`/`values` are null or a decision's buffers covering every
+        // tensor index of the table.
         unsafe { b.launch(cfg) }.map_err(driver_err)?;
-        start = end;
     }
     Ok(())
+}
+
+/// One fused pass over every active tensor, launched per (pass, rule) variant.
+fn apply_all<E: CudaElement>(
+    active: &[bool],
+    kernels: &[Kernel<E>],
+    params: &mut [&mut CudaTensor<E>],
+    grads: &[&CudaTensor<E>],
+    states: &mut [TensorState<CudaTensor<E>>],
+) -> Result<(), BackendError> {
+    let Some(first) = (0..active.len()).find(|&i| active[i]) else { return Ok(()) };
+    let Some(p) = params.get(first) else { return Err(err("apply_all: argument counts differ")) };
+    let dev = p.dev.clone();
+    let mut guard = lock(&dev)?;
+    let s = &mut *guard;
+    // Check everything before launching anything.
+    build_apply(&dev, s, active, kernels, params, grads, states)?;
+    let which = apply_table(kernels, active);
+    upload_apply::<E>(&dev, s, which)?;
+    launch_apply::<E>(&dev, s, which, None)
+}
+
+/// Check and describe the reductions of every active tensor into `s.words` (one entry per
+/// non-empty tensor in `s.entries`); returns the blocks they cover.
+fn build_reduce<E: CudaElement>(
+    dev: &Arc<Device>,
+    s: &mut Scratch,
+    active: &[bool],
+    params: &[&mut CudaTensor<E>],
+    states: Option<&[TensorState<CudaTensor<E>>]>,
+    grads: &[&CudaTensor<E>],
+) -> Result<u64, BackendError> {
+    s.entries.clear();
+    s.words.clear();
+    let mut blocks = 0u64;
+    for i in (0..active.len()).filter(|&i| active[i]) {
+        let g = grads[i];
+        let delta = states.map_or(DeltaView::None, |st| st[i].delta_view(&*params[i]));
+        let w = delta_words(dev, delta, g)?;
+        if g.len == 0 {
+            continue;
+        }
+        s.entries.push((0, i as u32));
+        let len = g.len as u64;
+        s.words.extend_from_slice(&[w[0], w[1], w[2], w[3], 0, 0, 0, len, blocks, 0, i as u64 + 1]);
+        blocks += len.div_ceil(REDUCE_CHUNK);
+    }
+    Ok(blocks)
 }
 
 /// Reductions of every active tensor: two launches, three `f64` per tensor back to the host.
@@ -262,35 +344,93 @@ fn reduce_all<E: CudaElement>(
     out.fill(Reduction::default());
     let Some(first) = (0..n).find(|&i| active[i]) else { return Ok(()) };
     let dev = grads[first].dev.clone();
-    let mut guard = dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))?;
+    let mut guard = lock(&dev)?;
     let s = &mut *guard;
-    s.entries.clear();
-    s.words.clear();
-    let mut blocks = 0u64;
-    for i in (0..n).filter(|&i| active[i]) {
-        let g = grads[i];
-        same_dev(&dev, g, "a gradient")?;
-        let delta = states.map_or(DeltaView::None, |st| st[i].delta_view(&*params[i]));
-        let words = delta_words(&dev, delta, g)?;
-        if g.len == 0 {
-            continue;
-        }
-        s.entries.push((0, i as u32));
-        let len = g.len as u64;
-        s.words.extend_from_slice(&[words[0], words[1], words[2], words[3], 0, 0, 0, len, blocks, 0]);
-        blocks += len.div_ceil(REDUCE_CHUNK);
-    }
+    let blocks = build_reduce(&dev, s, active, params, states, grads)?;
     if s.entries.is_empty() {
         return Ok(());
     }
     let which = if states.is_some() { 2 } else { 1 };
-    let nt = s.entries.len();
-    launch_reductions::<E>(&dev, s, which, nt, blocks)?;
-    for (e, &(_, i)) in s.entries.iter().enumerate() {
-        let r = &s.out_host[3 * e..3 * e + 3];
-        out[i as usize] = Reduction { omega: r[0], delta_sq: r[1], grad_sq: r[2] };
+    enqueue_reductions::<E>(&dev, s, which, n, blocks, 0)?;
+    fetch(&dev, s, n)?;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = reduction_at(&s.out_host, i);
     }
     Ok(())
+}
+
+fn reduction_at(out: &[f64], i: usize) -> Reduction {
+    let r = &out[VERDICT + 3 * i..VERDICT + 3 * i + 3];
+    Reduction { omega: r[0], delta_sq: r[1], grad_sq: r[2] }
+}
+
+/// Reductions, decision and apply of one call, enqueued back to back (see
+/// [`TensorOps::reduce_decide_apply`]): the host waits once, at the end, for the reductions
+/// and the verdict.
+#[allow(clippy::too_many_arguments)]
+fn reduce_decide_apply<E: CudaElement>(
+    decision: &Decision,
+    active: &[bool],
+    kernels: &[Kernel<E>],
+    params: &mut [&mut CudaTensor<E>],
+    grads: &[&CudaTensor<E>],
+    states: &mut [TensorState<CudaTensor<E>>],
+    out: &mut [Reduction],
+) -> Result<Option<Verdict>, BackendError> {
+    let n = active.len();
+    if grads.len() != n || params.len() != n || out.len() != n || kernels.len() != n || states.len() != n {
+        return Err(err("reduce_decide_apply: argument counts differ"));
+    }
+    let Some(first) = (0..n).find(|&i| active[i]) else { return Ok(None) };
+    let dev = grads[first].dev.clone();
+    if !dev.decide_on_device.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let mut guard = lock(&dev)?;
+    let s = &mut *guard;
+    // Check and upload everything the call launches before launching anything.
+    build_apply(&dev, s, active, kernels, params, grads, states)?;
+    let which = apply_table(kernels, active);
+    upload_apply::<E>(&dev, s, which)?;
+    let main = decision.projection.is_some();
+    let blocks = build_reduce(&dev, s, active, params, main.then_some(&states[..]), grads)?;
+    let decided_at = VERDICT + 3 * n;
+    let decided_len = (3 * n * E::SCALAR_BYTES).div_ceil(8);
+    enqueue_reductions::<E>(&dev, s, if main { 2 } else { 1 }, n, blocks, decided_len)?;
+
+    let out_dev = s.out_dev.as_mut().expect("ensured");
+    let base = {
+        let (p, _sync) = out_dev.device_ptr(&dev.stream);
+        p
+    };
+    let flags = decision.check_finite as u32
+        | (main as u32) << 1
+        | (decision.projection == Some(true)) as u32 * 4
+        | (decision.max_grad_norm.is_some() as u32) << 3;
+    let (n32, max_norm, sign) = (n as u32, decision.max_grad_norm.unwrap_or(0.0), decision.sign);
+    let (verdict, values) = (base, base + 8 * decided_at as u64);
+    let red = base + 8 * VERDICT as u64;
+    let cfg =
+        LaunchConfig { grid_dim: (1, 1, 1), block_dim: (kernels::DECIDE_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut b = dev.stream.launch_builder(&dev.decide_fns[E::DECIDE_INDEX]);
+    b.arg(&red).arg(&n32).arg(&flags).arg(&max_norm).arg(&sign).arg(&verdict).arg(&values);
+    // SAFETY: (const double*, u32, u32, double, double, double*, T*): `out_dev` holds the
+    // verdict (3 doubles), 3 * n reductions and 3 * n math scalars from `values`.
+    unsafe { b.launch(cfg) }.map_err(driver_err)?;
+    launch_apply::<E>(&dev, s, which, Some((verdict, values)))?;
+
+    fetch(&dev, s, n)?;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = reduction_at(&s.out_host, i);
+    }
+    let v = &s.out_host[..VERDICT];
+    let tensor = v[1] as usize;
+    Ok(Some(match v[0] {
+        0.0 => Verdict::Apply,
+        1.0 if tensor < n => Verdict::NonFinite { tensor },
+        2.0 if tensor < n => Verdict::Overflow { tensor, coefficient: v[2] },
+        _ => return Err(err(format!("decision kernel returned verdict {v:?}"))),
+    }))
 }
 
 impl<E: CudaElement> TensorOps for Cuda<E> {
@@ -358,6 +498,18 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
     ) -> Result<(), BackendError> {
         apply_all(active, kernels, params, grads, states)
     }
+
+    fn reduce_decide_apply(
+        decision: &Decision,
+        active: &[bool],
+        kernels: &mut [Kernel<E>],
+        params: &mut [&mut CudaTensor<E>],
+        grads: &[&CudaTensor<E>],
+        states: &mut [TensorState<CudaTensor<E>>],
+        out: &mut [Reduction],
+    ) -> Result<Option<Verdict>, BackendError> {
+        reduce_decide_apply(decision, active, kernels, params, grads, states, out)
+    }
 }
 
 /// Reserve every scratch buffer a step over `params` uses (descriptor tables, scalar sets,
@@ -370,7 +522,7 @@ fn prepare<E: CudaElement>(params: &[&CudaTensor<E>]) -> Result<(), BackendError
     }
     let n = params.len();
     let blocks: u64 = params.iter().map(|p| (p.len as u64).div_ceil(REDUCE_CHUNK)).sum();
-    let mut guard = dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))?;
+    let mut guard = lock(&dev)?;
     let s = &mut *guard;
     for t in &mut s.tables {
         ensure(&dev.stream, &mut t.dev, n * DESC_WORDS)?;
@@ -378,11 +530,12 @@ fn prepare<E: CudaElement>(params: &[&CudaTensor<E>]) -> Result<(), BackendError
     }
     ensure(&dev.stream, &mut s.scalars, n * SC_STRIDE * E::SCALAR_BYTES)?;
     ensure(&dev.stream, &mut s.partials, 3 * blocks as usize)?;
-    ensure(&dev.stream, &mut s.out_dev, 3 * n)?;
-    s.out_host.reserve(3 * n);
+    ensure(&dev.stream, &mut s.out_dev, VERDICT + 3 * n + (3 * n * E::SCALAR_BYTES).div_ceil(8))?;
+    s.out_host.reserve(VERDICT + 3 * n);
     s.words.reserve(n * DESC_WORDS);
     s.bytes.reserve(n * SC_STRIDE * E::SCALAR_BYTES);
     s.entries.reserve(n);
+    s.groups.reserve(kernels::PASSES.len() * kernels::RULES.len());
     Ok(())
 }
 
@@ -420,29 +573,41 @@ fn reduce_one<E: CudaElement>(
     if grad.len == 0 {
         return Ok(Reduction::default());
     }
-    let mut guard = dev.scratch.lock().map_err(|_| err("scratch lock poisoned"))?;
+    let mut guard = lock(&dev)?;
     let s = &mut *guard;
     let len = grad.len as u64;
+    s.entries.clear();
+    s.entries.push((0, 0));
     s.words.clear();
-    s.words.extend_from_slice(&[w[0], w[1], w[2], w[3], 0, 0, 0, len, 0, 0]);
+    s.words.extend_from_slice(&[w[0], w[1], w[2], w[3], 0, 0, 0, len, 0, 0, 1]);
     let which = if matches!(delta, DeltaView::None) { 1 } else { 2 };
-    launch_reductions::<E>(&dev, s, which, 1, len.div_ceil(REDUCE_CHUNK))?;
-    let r = &s.out_host[..3];
-    Ok(Reduction { omega: r[0], delta_sq: r[1], grad_sq: r[2] })
+    enqueue_reductions::<E>(&dev, s, which, 1, len.div_ceil(REDUCE_CHUNK), 0)?;
+    fetch(&dev, s, 1)?;
+    Ok(reduction_at(&s.out_host, 0))
 }
 
-/// Upload the reduction table in `s.words` (`nt` descriptors over `blocks` blocks) into table
-/// `which`, run both reduction kernels and copy the `3 * nt` results into `s.out_host`.
-fn launch_reductions<E: CudaElement>(
+/// Enqueue the reductions described in `s` (`s.entries.len()` descriptors in `s.words`,
+/// covering `blocks` blocks) through table `which`: zero the verdict and the `n` tensors'
+/// results in `out_dev` (grown to hold `extra` more doubles after them), then both reduction
+/// kernels, which write each tensor's three sums at its index.
+fn enqueue_reductions<E: CudaElement>(
     dev: &Device,
     s: &mut Scratch,
     which: usize,
-    nt: usize,
+    n: usize,
     blocks: u64,
+    extra: usize,
 ) -> Result<(), BackendError> {
+    let nt = s.entries.len();
+    let used = VERDICT + 3 * n;
+    ensure(&dev.stream, &mut s.out_dev, used + extra)?;
+    let out_dev = s.out_dev.as_mut().expect("ensured");
+    dev.stream.memset_zeros(&mut out_dev.slice_mut(0..used)).map_err(driver_err)?;
+    if nt == 0 {
+        return Ok(());
+    }
     upload_table(dev, s, which)?;
     ensure(&dev.stream, &mut s.partials, 3 * blocks as usize)?;
-    ensure(&dev.stream, &mut s.out_dev, 3 * nt)?;
     let table = s.tables[which].dev.as_ref().expect("uploaded");
     let partials = s.partials.as_mut().expect("ensured");
     let out_dev = s.out_dev.as_mut().expect("ensured");
@@ -458,11 +623,19 @@ fn launch_reductions<E: CudaElement>(
 
     let cfg = LaunchConfig { grid_dim: (dev.grid(nt as u64), 1, 1), block_dim: block, shared_mem_bytes: 0 };
     let mut b = dev.stream.launch_builder(&dev.final_fn);
-    b.arg(table).arg(&nt32).arg(&blocks).arg(&*partials).arg(&mut *out_dev);
-    // SAFETY: (const Desc*, u32, u64, const double*, double*); `out_dev` holds 3 * nt doubles.
+    let mut results = out_dev.slice_mut(VERDICT..used);
+    b.arg(table).arg(&nt32).arg(&blocks).arg(&*partials).arg(&mut results);
+    // SAFETY: (const Desc*, u32, u64, const double*, double*); every descriptor's tensor index
+    // is below `n`, and `results` holds 3 * n doubles.
     unsafe { b.launch(cfg) }.map_err(driver_err)?;
+    Ok(())
+}
 
-    s.out_host.resize(3 * nt, 0.0);
-    dev.stream.memcpy_dtoh(&out_dev.slice(0..3 * nt), &mut s.out_host[..]).map_err(driver_err)?;
+/// Copy the verdict and the `n` tensors' reductions into `s.out_host`, waiting for the stream.
+fn fetch(dev: &Device, s: &mut Scratch, n: usize) -> Result<(), BackendError> {
+    let used = VERDICT + 3 * n;
+    let out_dev = s.out_dev.as_ref().expect("ensured");
+    s.out_host.resize(used, 0.0);
+    dev.stream.memcpy_dtoh(&out_dev.slice(0..used), &mut s.out_host[..]).map_err(driver_err)?;
     dev.stream.synchronize().map_err(driver_err)
 }

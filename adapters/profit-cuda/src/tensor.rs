@@ -15,6 +15,8 @@ pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits + Unpin {
     const DTYPE_INDEX: usize;
     /// Bytes of one kernel scalar (the math type's).
     const SCALAR_BYTES: usize;
+    /// Index of the math type's decision kernel in [`kernels::DECIDE`](crate::kernels::DECIDE).
+    const DECIDE_INDEX: usize = if Self::SCALAR_BYTES == 8 { 1 } else { 0 };
     /// Append one kernel scalar (in the math type), little-endian.
     fn put_scalar(x: Self::Real, out: &mut Vec<u8>);
 }

@@ -10,8 +10,8 @@ use ndarray::{ArrayD, IxDyn};
 use profit_core::host::reduce_slices;
 use profit_core::host::DeltaSlices;
 use profit_core::{
-    Adam, AdamW, Delta, DeltaView, Element, InnerConfig, Kernel, Pass, Plain, Profit, ProfitConfig,
-    Projection, Reduction, Restore, RmsProp, Sgd, TensorOps, TensorState,
+    Adam, AdamW, Delta, DeltaView, Element, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit,
+    ProfitConfig, Projection, Reduction, Restore, RmsProp, Sgd, TensorOps, TensorState,
 };
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 use profit_ndarray::NdArray;
@@ -462,4 +462,123 @@ fn copies_and_empty_tensors() {
     let e = g.zeros::<f32>(&[0, 4]).expect("empty");
     assert!(e.is_empty());
     assert_eq!(Cuda::<f32>::reduce(DeltaView::None, &e).expect("reduce"), Reduction::default());
+}
+
+fn decided_alike<E: CudaElement>(g: &CudaBackend, host_decided: &CudaBackend) {
+    let base =
+        ProfitConfig::new(Sgd { lr: 1e-3, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    let mut configs = profit_configs();
+    configs.push(ProfitConfig { non_finite: NonFinitePolicy::Skip, ..base });
+    configs.push(ProfitConfig { non_finite: NonFinitePolicy::Skip, max_grad_norm: Some(0.1), ..base });
+    configs.push(ProfitConfig { non_finite: NonFinitePolicy::Propagate, max_grad_norm: Some(2.0), ..base });
+    configs.push(ProfitConfig {
+        projection: Projection::PerTensor,
+        max_grad_norm: Some(0.3),
+        ..ProfitConfig::new(
+            Sgd { lr: 1e-3, ..Default::default() },
+            Adam { lr: 1e-2, maximize: true, ..Default::default() },
+        )
+    });
+    let mut decided = 0;
+    for (c, config) in configs.into_iter().enumerate() {
+        let init: Vec<Vec<f64>> =
+            SHAPES.iter().enumerate().map(|(i, s)| data(i as u64 + 70, s.iter().product())).collect();
+        let mut hp: Vec<CudaTensor<E>> =
+            SHAPES.iter().zip(&init).map(|(s, v)| dev(host_decided, s, v)).collect();
+        let mut dp: Vec<CudaTensor<E>> = SHAPES.iter().zip(&init).map(|(s, v)| dev(g, s, v)).collect();
+        let mut ho = Profit::<Cuda<E>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host-decided");
+        let mut dopt =
+            Profit::<Cuda<E>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("device-decided");
+        for call in 0..12u64 {
+            let sign = if call % 3 == 1 { -1.0 } else { 1.0 };
+            let grads: Vec<Vec<f64>> = SHAPES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut v: Vec<f64> = data(i as u64 + 3 + call % 2, s.iter().product())
+                        .iter()
+                        .map(|x| sign * (x + 0.2))
+                        .collect();
+                    // Non-finite gradients at two calls (a reference and a main call in most configs).
+                    if (call == 5 || call == 8) && i == 2 {
+                        v[17] = if call == 5 { f64::NAN } else { f64::INFINITY };
+                    }
+                    v
+                })
+                .collect();
+            let gh: Vec<CudaTensor<E>> =
+                SHAPES.iter().zip(&grads).map(|(s, v)| dev(host_decided, s, v)).collect();
+            let gd: Vec<CudaTensor<E>> = SHAPES.iter().zip(&grads).map(|(s, v)| dev(g, s, v)).collect();
+            let hr = ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &gh.iter().collect::<Vec<_>>());
+            let dr = dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &gd.iter().collect::<Vec<_>>());
+            let what = format!("{} config {c} call {call}", E::DTYPE);
+            assert_eq!(format!("{hr:?}"), format!("{dr:?}"), "{what}: reports differ");
+            assert_eq!(
+                format!("{:?}", ho.tensor_reports()),
+                format!("{:?}", dopt.tensor_reports()),
+                "{what}"
+            );
+            for (i, (d, h)) in dp.iter().zip(&hp).enumerate() {
+                let (dv, hv) = (d.to_vec().expect("download"), h.to_vec().expect("download"));
+                assert_eq!(bits(&dv), bits(&hv), "{what} tensor {i}: weights differ");
+            }
+            decided += 1;
+        }
+    }
+    println!("{}: {decided} calls decided on the device equal those decided on the host, bitwise", E::DTYPE);
+}
+
+fn overflow_refused_alike<E: CudaElement>(g: &CudaBackend, host_decided: &CudaBackend) {
+    // |g| = 3e38 per element over ~15k elements: the projection coefficient, even scaled, is
+    // past f32's range (and representable in f64).
+    // A reference step large enough to survive in bf16.
+    let config =
+        ProfitConfig::new(Sgd { lr: 0.1, ..Default::default() }, Sgd { lr: 1e-3, ..Default::default() });
+    let init: Vec<Vec<f64>> = SHAPES.iter().map(|s| vec![0.5; s.iter().product()]).collect();
+    let mut hp: Vec<CudaTensor<E>> = SHAPES.iter().zip(&init).map(|(s, v)| dev(host_decided, s, v)).collect();
+    let mut dp: Vec<CudaTensor<E>> = SHAPES.iter().zip(&init).map(|(s, v)| dev(g, s, v)).collect();
+    let mut ho = Profit::<Cuda<E>>::new(config, &hp.iter().collect::<Vec<_>>()).expect("host-decided");
+    let mut dopt = Profit::<Cuda<E>>::new(config, &dp.iter().collect::<Vec<_>>()).expect("device-decided");
+    let mut results = vec![];
+    for v in [0.1, 3e38] {
+        let grad = |b: &CudaBackend| -> Vec<CudaTensor<E>> {
+            SHAPES.iter().map(|s| dev(b, s, &vec![v; s.iter().product()])).collect()
+        };
+        let (gh, gd) = (grad(host_decided), grad(g));
+        let hr = ho.step(&mut hp.iter_mut().collect::<Vec<_>>(), &gh.iter().collect::<Vec<_>>());
+        let dr = dopt.step(&mut dp.iter_mut().collect::<Vec<_>>(), &gd.iter().collect::<Vec<_>>());
+        assert_eq!(format!("{hr:?}"), format!("{dr:?}"), "{}: results differ", E::DTYPE);
+        results.push(dr);
+    }
+    for (d, h) in dp.iter().zip(&hp) {
+        assert_eq!(bits(&d.to_vec().expect("download")), bits(&h.to_vec().expect("download")));
+    }
+    let refused = matches!(results[1], Err(profit_core::ProfitError::ProjectionOverflow { .. }));
+    // f32 math overflows; f64 does not.
+    assert_eq!(refused, E::SCALAR_BYTES == 4, "{}: {:?}", E::DTYPE, results[1]);
+    if refused {
+        assert_eq!(dopt.calls(), 1, "a refused call is not counted");
+        let after: Vec<f64> = dp[0].to_vec().expect("download").iter().map(|x| x.as_f64()).collect();
+        assert!(
+            after.iter().all(|&x| (x - 0.49).abs() < 2e-3),
+            "{}: refused call changed the weights: {after:?}",
+            E::DTYPE
+        );
+    }
+}
+
+#[test]
+fn decided_on_the_device_equals_decided_on_the_host_bitwise() {
+    let Some(g) = gpu() else { return };
+    // A second handle on the same device whose calls are decided by the core on the host.
+    let h = CudaBackend::new(0).expect("second handle");
+    h.set_decide_on_device(false);
+    assert!(g.decides_on_device() && !h.decides_on_device());
+    decided_alike::<f32>(&g, &h);
+    decided_alike::<f64>(&g, &h);
+    decided_alike::<half::bf16>(&g, &h);
+    decided_alike::<half::f16>(&g, &h);
+    overflow_refused_alike::<f32>(&g, &h);
+    overflow_refused_alike::<f64>(&g, &h);
+    overflow_refused_alike::<half::bf16>(&g, &h);
 }
