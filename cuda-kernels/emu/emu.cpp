@@ -196,6 +196,8 @@ static CUresult alloc(CUdeviceptr* p, size_t n) {
     return OK;
 }
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return alloc(p, n); }
+CUresult cuMemHostAlloc(void** p, size_t n, unsigned) { return alloc((CUdeviceptr*)p, n); }
+CUresult cuMemFreeHost(void* p) { std::free(p); return OK; }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, void*) { return alloc(p, n); }
 CUresult cuMemFree_v2(CUdeviceptr p) { std::free((void*)p); return OK; }
 CUresult cuMemFreeAsync(CUdeviceptr p, void*) { std::free((void*)p); return OK; }

@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    PinnedHostSlice, ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 use profit_core::BackendError;
 
@@ -44,10 +47,80 @@ pub(crate) struct Scratch {
     /// Host staging for the table and scalar sets being built.
     pub(crate) words: Vec<u64>,
     pub(crate) bytes: Vec<u8>,
+    /// Page-locked copies of what goes to the device (tables, scalar sets) and comes back
+    /// (results), so that those copies are asynchronous DMA rather than staged by the driver.
+    pub(crate) up_words: [Option<Staging<u64>>; 4],
+    pub(crate) up_bytes: Option<Staging<u8>>,
+    pub(crate) down: Option<Staging<f64>>,
     /// `(variant, tensor index)` of the tensors a call launches on.
     pub(crate) entries: Vec<(u16, u32)>,
     /// The apply launches described in `words`: (variant, first entry, end entry, blocks).
     pub(crate) groups: Vec<(u16, usize, usize, u64)>,
+}
+
+/// Page-locked host memory for asynchronous copies on the backend's stream, and an event
+/// recorded behind the last copy through it (the host touches the memory only after it).
+pub(crate) struct Staging<T> {
+    buf: PinnedHostSlice<T>,
+    done: CudaEvent,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Staging<T> {
+    /// `slot` holds at least `len` elements afterwards (grown to `max(len, 2 * old)`);
+    /// `write_combined` for memory the host only writes.
+    pub(crate) fn ensure(
+        slot: &mut Option<Self>,
+        ctx: &Arc<CudaContext>,
+        len: usize,
+        write_combined: bool,
+    ) -> Result<(), BackendError> {
+        let have = slot.as_ref().map_or(0, |s| s.buf.len());
+        if have < len {
+            *slot = None;
+            let flags = if write_combined { cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED } else { 0 };
+            // SAFETY: the memory is written (uploads) or copied into (downloads) before it is read.
+            let buf =
+                unsafe { ctx.alloc_pinned_with_flags::<T>(len.max(2 * have), flags) }.map_err(driver_err)?;
+            let done = ctx.new_event(None).map_err(driver_err)?;
+            *slot = Some(Staging { buf, done });
+        }
+        Ok(())
+    }
+
+    /// The host memory, once every copy through it has completed.
+    pub(crate) fn host(&mut self) -> Result<&mut [T], BackendError> {
+        self.done.synchronize().map_err(driver_err)?;
+        self.buf.as_mut_slice().map_err(driver_err)
+    }
+
+    /// Copy `src` into this memory, then from it to device address `dst`, asynchronously.
+    pub(crate) fn upload(&mut self, src: &[T], dst: u64, stream: &CudaStream) -> Result<(), BackendError>
+    where
+        T: Copy,
+    {
+        let host = self.host()?;
+        let host =
+            host.get_mut(..src.len()).ok_or_else(|| BackendError::Device("staging too small".into()))?;
+        host.copy_from_slice(src);
+        // SAFETY: `host` is page-locked memory that stays allocated (and untouched: `host()` waits
+        // for `done`) until the copy completes; `dst` holds `src.len()` elements (the caller's
+        // buffer, ensured to that size, lives in the same scratch and is not freed before a
+        // later synchronization).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &*host, stream.cu_stream()) }
+            .map_err(driver_err)?;
+        self.done.record(stream).map_err(driver_err)
+    }
+
+    /// Copy `len` elements from device address `src` into this memory, asynchronously; read
+    /// them with [`host`](Self::host).
+    pub(crate) fn download(&mut self, src: u64, len: usize, stream: &CudaStream) -> Result<(), BackendError> {
+        let host = self.host()?;
+        let host = host.get_mut(..len).ok_or_else(|| BackendError::Device("staging too small".into()))?;
+        // SAFETY: as in `upload`; `src` holds `len` elements.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(host, src, stream.cu_stream()) }
+            .map_err(driver_err)?;
+        self.done.record(stream).map_err(driver_err)
+    }
 }
 
 /// One descriptor table on the device and a host copy of what it holds (uploads are skipped

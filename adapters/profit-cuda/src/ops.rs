@@ -13,7 +13,7 @@ use profit_core::{
     Variant, Verdict,
 };
 
-use crate::device::{driver_err, ensure, Device, Scratch};
+use crate::device::{driver_err, ensure, Device, Scratch, Staging};
 use crate::kernels::{self, APPLY_CHUNK, APPLY_THREADS, DESC_WORDS, REDUCE_CHUNK, REDUCE_THREADS, SC_STRIDE};
 use crate::tensor::{CudaElement, CudaTensor};
 
@@ -24,6 +24,12 @@ const F_NESTEROV: u32 = 1;
 const F_FIRST: u32 = 2;
 const F_CENTERED: u32 = 4;
 const F_MOMENTUM: u32 = 8;
+
+/// Decision flags (`D_*` in `profit.cu`).
+const D_CHECK_FINITE: u32 = 1;
+const D_PROJECT: u32 = 2;
+const D_GLOBAL: u32 = 4;
+const D_CLIP: u32 = 8;
 
 fn err(msg: impl Into<String>) -> BackendError {
     BackendError::Device(msg.into())
@@ -89,18 +95,24 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
 
 /// Upload `words` into `table` unless it already holds exactly them.
 fn upload_table(dev: &Device, s: &mut Scratch, which: usize) -> Result<(), BackendError> {
-    let Scratch { tables, words, .. } = s;
+    let Scratch { tables, words, up_words, .. } = s;
     let t = &mut tables[which];
     if t.dev.is_some() && t.uploaded == *words {
         return Ok(());
     }
     ensure(&dev.stream, &mut t.dev, words.len())?;
-    let buf = t.dev.as_mut().expect("ensured");
-    // A pageable host-to-device copy returns once the source is staged: `words` may be reused.
-    dev.stream.memcpy_htod(&words[..], &mut buf.slice_mut(0..words.len())).map_err(driver_err)?;
+    Staging::ensure(&mut up_words[which], &dev.ctx, words.len(), true)?;
+    let dst = ptr_of(dev, t.dev.as_ref().expect("ensured"));
+    up_words[which].as_mut().expect("ensured").upload(words, dst, &dev.stream)?;
     t.uploaded.clear();
     t.uploaded.extend_from_slice(words);
     Ok(())
+}
+
+/// The device address of a scratch buffer.
+fn ptr_of<T>(dev: &Device, buf: &cudarc::driver::CudaSlice<T>) -> u64 {
+    let (p, _sync) = buf.device_ptr(&dev.stream);
+    p
 }
 
 /// The verdict's place at the start of `out_dev` / `out_host`; the reductions follow it.
@@ -239,14 +251,15 @@ fn build_apply<E: CudaElement>(
 }
 
 /// Upload the apply described in `s` (table `which`, scalar sets), for [`launch_apply`].
-fn upload_apply<E: CudaElement>(dev: &Device, s: &mut Scratch, which: usize) -> Result<(), BackendError> {
+fn upload_apply(dev: &Device, s: &mut Scratch, which: usize) -> Result<(), BackendError> {
     if s.groups.is_empty() {
         return Ok(());
     }
     upload_table(dev, s, which)?;
     ensure(&dev.stream, &mut s.scalars, s.bytes.len())?;
-    let sc = s.scalars.as_mut().expect("ensured");
-    dev.stream.memcpy_htod(&s.bytes[..], &mut sc.slice_mut(0..s.bytes.len())).map_err(driver_err)
+    Staging::ensure(&mut s.up_bytes, &dev.ctx, s.bytes.len(), true)?;
+    let dst = ptr_of(dev, s.scalars.as_ref().expect("ensured"));
+    s.up_bytes.as_mut().expect("ensured").upload(&s.bytes, dst, &dev.stream)
 }
 
 /// One apply launch per variant group of the apply uploaded into table `which`. With
@@ -297,7 +310,7 @@ fn apply_all<E: CudaElement>(
     // Check everything before launching anything.
     build_apply(&dev, s, active, kernels, params, grads, states)?;
     let which = apply_table(kernels, active);
-    upload_apply::<E>(&dev, s, which)?;
+    upload_apply(&dev, s, which)?;
     launch_apply::<E>(&dev, s, which, None)
 }
 
@@ -391,7 +404,7 @@ fn reduce_decide_apply<E: CudaElement>(
     // Check and upload everything the call launches before launching anything.
     build_apply(&dev, s, active, kernels, params, grads, states)?;
     let which = apply_table(kernels, active);
-    upload_apply::<E>(&dev, s, which)?;
+    upload_apply(&dev, s, which)?;
     let main = decision.projection.is_some();
     let blocks = build_reduce(&dev, s, active, params, main.then_some(&states[..]), grads)?;
     let decided_at = VERDICT + 3 * n;
@@ -403,10 +416,15 @@ fn reduce_decide_apply<E: CudaElement>(
         let (p, _sync) = out_dev.device_ptr(&dev.stream);
         p
     };
-    let flags = decision.check_finite as u32
-        | (main as u32) << 1
-        | (decision.projection == Some(true)) as u32 * 4
-        | (decision.max_grad_norm.is_some() as u32) << 3;
+    let flags = [
+        (decision.check_finite, D_CHECK_FINITE),
+        (main, D_PROJECT),
+        (decision.projection == Some(true), D_GLOBAL),
+        (decision.max_grad_norm.is_some(), D_CLIP),
+    ]
+    .iter()
+    .filter(|f| f.0)
+    .fold(0, |a, f| a | f.1);
     let (n32, max_norm, sign) = (n as u32, decision.max_grad_norm.unwrap_or(0.0), decision.sign);
     let (verdict, values) = (base, base + 8 * decided_at as u64);
     let red = base + 8 * VERDICT as u64;
@@ -532,6 +550,11 @@ fn prepare<E: CudaElement>(params: &[&CudaTensor<E>]) -> Result<(), BackendError
     ensure(&dev.stream, &mut s.partials, 3 * blocks as usize)?;
     ensure(&dev.stream, &mut s.out_dev, VERDICT + 3 * n + (3 * n * E::SCALAR_BYTES).div_ceil(8))?;
     s.out_host.reserve(VERDICT + 3 * n);
+    Staging::ensure(&mut s.down, &dev.ctx, VERDICT + 3 * n, false)?;
+    Staging::ensure(&mut s.up_bytes, &dev.ctx, n * SC_STRIDE * E::SCALAR_BYTES, true)?;
+    for w in &mut s.up_words {
+        Staging::ensure(w, &dev.ctx, n * DESC_WORDS, true)?;
+    }
     s.words.reserve(n * DESC_WORDS);
     s.bytes.reserve(n * SC_STRIDE * E::SCALAR_BYTES);
     s.entries.reserve(n);
@@ -634,8 +657,12 @@ fn enqueue_reductions<E: CudaElement>(
 /// Copy the verdict and the `n` tensors' reductions into `s.out_host`, waiting for the stream.
 fn fetch(dev: &Device, s: &mut Scratch, n: usize) -> Result<(), BackendError> {
     let used = VERDICT + 3 * n;
-    let out_dev = s.out_dev.as_ref().expect("ensured");
-    s.out_host.resize(used, 0.0);
-    dev.stream.memcpy_dtoh(&out_dev.slice(0..used), &mut s.out_host[..]).map_err(driver_err)?;
-    dev.stream.synchronize().map_err(driver_err)
+    let src = ptr_of(dev, s.out_dev.as_ref().expect("ensured"));
+    Staging::ensure(&mut s.down, &dev.ctx, used, false)?;
+    let down = s.down.as_mut().expect("ensured");
+    down.download(src, used, &dev.stream)?;
+    dev.stream.synchronize().map_err(driver_err)?;
+    s.out_host.clear();
+    s.out_host.extend_from_slice(&down.host()?[..used]);
+    Ok(())
 }
