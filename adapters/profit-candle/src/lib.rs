@@ -27,28 +27,46 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! ## How the weights are reached
+//! ## How the weights are reached: which path runs where
 //!
-//! - **In place** (f32 and f64 vars on the CPU, the default there): the parameters and
-//!   gradients are the vars' and the gradient store's own candle storage, read and written where
-//!   they are, with no copy: the [`Candle`] backend locks them (see [`backend`]) and runs
-//!   profit-core's fused multi-threaded host loops on them. The optimizer state (anchor, delta,
-//!   moments) is host memory.
-//! - **Copying** ([`Access::Copy`], and automatically for vars on another device): the
-//!   parameters and gradients are copied into host buffers, stepped there, and written back with
-//!   [`Var::set`].
+//! | vars on | default ([`Access::Auto`]) | can be chosen |
+//! |---|---|---|
+//! | the CPU | [`Access::InPlace`] | [`Access::TensorOps`], [`Access::Copy`] |
+//! | CUDA, Metal (candle built with those features) | [`Access::TensorOps`] | [`Access::Copy`] |
 //!
-//! Both paths run the same arithmetic and write the same checkpoints. f32, f64, bf16 and
-//! f16 vars are supported (16-bit: math in f32, one rounding per stored value, as profit-core
-//! does everywhere); other float dtypes are refused with [`CandleProfitError::UnsupportedDtype`];
-//! integer vars are left out, as candle's own optimizers do.
+//! - **In place** ([`Access::InPlace`]; f32, f64, bf16 and f16 vars on the CPU): the
+//!   parameters and gradients are the vars' and the gradient store's own candle storage, read
+//!   and written where they are, with no copy: the [`Candle`] backend locks them (see
+//!   [`backend`]) and runs profit-core's fused multi-threaded host loops on them. The optimizer
+//!   state (anchor, delta, moments) is host memory. The fastest path.
+//! - **Tensor ops** ([`Access::TensorOps`]): the [`CandleOps`] backend (see [`ops`]) writes
+//!   every pass as candle tensor ops on the vars' device; the optimizer state is candle tensors
+//!   on that device too, and nothing leaves it but 3 reduction scalars per tensor at the calls
+//!   that reduce (read back in one transfer). Slower than fused kernels (each operation is its
+//!   own kernel and temporary tensor: about as slow as candle's own `AdamW`, measured on the
+//!   CPU in `BENCHMARKS.md`), but on the device. The same arithmetic as the host loops: on the
+//!   CPU bf16, f16 and f32 runs matched the in-place path bitwise in this crate's tests, and f64
+//!   runs within 4e-12 (the reductions are summed in another order). It has been run on the
+//!   CPU only (forced, as the tests do); on CUDA and Metal it is untested here, and candle's
+//!   kernels there may contract or reorder floating-point operations; reductions run in f64,
+//!   on Metal (no f64) in f32.
+//! - **Copying** ([`Access::Copy`], any device): the parameters and gradients are copied into
+//!   host buffers, stepped there with the host loops, and written back with [`Var::set`].
+//!
+//! Every path writes the same checkpoints (a run saved on one path resumes on another). f32,
+//! f64, bf16 and f16 vars are supported (16-bit: math in f32, one rounding per stored value,
+//! as profit-core does everywhere); other float dtypes are refused with
+//! [`CandleProfitError::UnsupportedDtype`]; integer vars are left out, as candle's own
+//! optimizers do.
 //!
 //! ## Errors
 //!
 //! [`CandleProfit::try_step`] returns PROFIT's [`StepReport`] or a typed [`CandleProfitError`];
 //! on error nothing has changed (a var without gradient, a gradient of another shape, dtype or
-//! device, a non-finite gradient under the default policy). [`Optimizer::step`] returns the same
-//! errors wrapped in a `candle_core::Error`.
+//! device, a non-finite gradient under the default policy), on every path. [`Optimizer::step`]
+//! returns the same errors wrapped in a `candle_core::Error`. (A device failure in the middle of
+//! a tensor-ops step, such as running out of device memory, can leave the vars before it
+//! stepped: that is not bad input, and it is reported as [`ProfitError::Backend`].)
 
 #![warn(missing_docs)]
 
@@ -385,7 +403,10 @@ pub struct CandleProfit {
 
 impl CandleProfit {
     /// Build over named vars (names key checkpoints and errors; they must be unique) with the
-    /// given access. Integer vars are left out; vars of mixed dtypes are refused. All optimizer state is allocated here.
+    /// given access ([`Access::Auto`]: in place on the CPU, tensor ops elsewhere; see the
+    /// [crate docs](crate)). Integer vars are left out; vars of mixed dtypes are refused, and
+    /// [`Access::InPlace`] for vars off the CPU. All optimizer state is allocated here (on the
+    /// tensor-ops path, on the vars' device).
     pub fn with_names(
         vars: Vec<(String, Var)>,
         config: ProfitConfig,
@@ -494,7 +515,7 @@ impl CandleProfit {
         self.vars[0].1.device()
     }
 
-    /// The vars' dtype (`F32` or `F64`).
+    /// The vars' dtype (`F32`, `F64`, `BF16` or `F16`).
     pub fn dtype(&self) -> DType {
         match self.engine {
             Engine::F32(_) | Engine::OpsF32(_) => DType::F32,
