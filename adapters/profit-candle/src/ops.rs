@@ -16,21 +16,25 @@
 //!   candle's `affine(s, 0)` (`x * s + 0`) and an addition of one `affine(1, s)`: the same
 //!   values as the host loop's, except that a zero may come out as `+0` where the host loop
 //!   writes `-0`. A term whose scalar is `0` (`wd * p` without weight decay) or a factor `1`
-//!   is left out: the same value, up to that sign of zero;
+//!   is left out: the same value, up to that sign of zero (and except for an infinite
+//!   parameter, where the host loop's `0 * inf` makes a NaN);
 //! - reductions (`<delta, g>`, `|delta|^2`, `|g|^2`) in `f64` (`f32` on Metal, which has no
 //!   `f64`), summed by candle's `sum_all` on the device: the same products as the host loops',
 //!   summed in another order, so the sums (and through the projection coefficient the main
 //!   steps) can differ from the host path in the last bits.
 //!
 //! On the CPU the elementwise passes match profit-core's host loops bitwise (up to the sign of
-//! zeros) and whole runs match up to the reductions' order (measured in this crate's tests and
-//! `BENCHMARKS.md`). On CUDA candle's kernels may contract `x * a + b` into a fused
+//! zeros), and whole runs match up to the reductions' order: measured by `tests/ops_paths.rs`
+//! against the in-place path, bf16, f16 and f32 runs were bitwise equal and f64 runs within
+//! 4e-12 relative (with the host's summation order substituted, f64 too was bitwise equal). On CUDA candle's kernels may contract `x * a + b` into a fused
 //! multiply-add (one rounding fewer) and Metal compiles with fast math: results there are
 //! close to, not bitwise equal to, the host's. That has not been run here (no GPU build).
 //!
 //! Parameters are written in place (their storage is overwritten, so a [`Var`](candle_core::Var)
 //! that shares it sees the new values); optimizer state tensors are replaced by the newly
-//! computed ones. Every tensor of a pass is checked (dtype, device, layout) before the first
+//! computed ones (never sharing storage with a parameter, a gradient or each other). Empty
+//! tensors take no op. Each pass allocates its temporaries (candle ops return new tensors), unlike
+//! the host loops. Every tensor of a pass is checked (dtype, device, layout) before the first
 //! one changes; a device failure in the middle of a pass (out of memory) can leave the tensors
 //! before it stepped.
 
@@ -56,7 +60,9 @@ fn real<E: Element>(v: f64) -> R<E> {
 }
 
 fn cerr(e: candle_core::Error) -> BackendError {
-    BackendError::Device(e.to_string())
+    // candle appends a backtrace to the message when RUST_BACKTRACE is set: keep the message.
+    let msg = e.to_string();
+    BackendError::Device(msg.split("\n   0: ").next().unwrap_or_default().trim_end().to_string())
 }
 
 /// The dtype reductions run in on `device`: `F64`, or `F32` on Metal (no `f64` there).
@@ -366,6 +372,10 @@ fn apply_one<E: CandleElement>(
     let v = state
         .variant(k.pass)
         .ok_or_else(|| BackendError::Device("pass needs an anchor or a delta".into()))?;
+    if param.elem_count() == 0 {
+        // Nothing to step (and candle returns an empty tensor's own storage from some ops).
+        return Ok(());
+    }
     let used = k.rule.slots();
     let m = Math::<E>::new(param.device());
     // Detached: results record no autograd graph (which would keep every step's tensors alive).
@@ -537,6 +547,9 @@ impl<E: CandleElement> TensorOps for CandleOps<E> {
 
     fn reduce(delta: DeltaView<'_, Tensor>, grad: &Tensor) -> Result<Reduction, BackendError> {
         check_reduce::<E>(delta, grad)?;
+        if grad.elem_count() == 0 {
+            return Ok(Reduction::default());
+        }
         let s = sums::<E>(delta, grad).and_then(|t| read_sums(&t)).map_err(cerr)?;
         Ok(reduction(&s))
     }
@@ -561,10 +574,11 @@ impl<E: CandleElement> TensorOps for CandleOps<E> {
         out: &mut [Reduction],
     ) -> Result<(), BackendError> {
         let view = |i: usize| states.map_or(DeltaView::None, |s| s[i].delta_view(&*params[i]));
-        let idx: Vec<usize> = (0..grads.len()).filter(|&i| active[i]).collect();
-        for &i in &idx {
+        for i in (0..grads.len()).filter(|&i| active[i]) {
             check_reduce::<E>(view(i), grads[i])?;
         }
+        // Empty tensors sum to zero: no ops for them.
+        let idx: Vec<usize> = (0..grads.len()).filter(|&i| active[i] && grads[i].elem_count() > 0).collect();
         out.iter_mut().for_each(|o| *o = Reduction::default());
         let Some(&first) = idx.first() else { return Ok(()) };
         let dev = grads[first].device();

@@ -366,3 +366,35 @@ fn without(good: &GradStore, var: &Var) -> GradStore {
     }
     s
 }
+
+/// Empty vars (a zero-sized dimension) and scalar vars (rank 0) are carried along, on both
+/// paths, in every configuration: the tensor-ops path runs no op on them (candle hands an empty tensor's own
+/// storage back from some ops, which an in-place write refuses). The empty var comes second,
+/// so a failure on it would follow a stepped first var.
+#[test]
+fn empty_and_scalar_vars_are_stepped_alongside() {
+    let dev = Device::Cpu;
+    for (name, config) in configs() {
+        let mut finals = vec![];
+        for access in [Access::InPlace, Access::TensorOps] {
+            let a = Var::from_tensor(&Tensor::new(&[0.5f32, -0.5], &dev).unwrap()).unwrap();
+            let e = Var::from_tensor(&Tensor::zeros((0, 3), DType::F32, &dev).unwrap()).unwrap();
+            let z = Var::from_tensor(&Tensor::new(0.25f32, &dev).unwrap()).unwrap();
+            let vars = vec![("a".into(), a.clone()), ("e".into(), e.clone()), ("z".into(), z.clone())];
+            let mut opt = CandleProfit::with_names(vars, config, access).unwrap();
+            for call in 0..6 {
+                let mut s = GradStore::default();
+                s.insert(a.as_tensor(), Tensor::new(&[0.1f32, -0.2 + call as f32 * 0.1], &dev).unwrap());
+                s.insert(e.as_tensor(), Tensor::zeros((0, 3), DType::F32, &dev).unwrap());
+                s.insert(z.as_tensor(), Tensor::new(0.3f32 - call as f32 * 0.1, &dev).unwrap());
+                opt.try_step(&s).unwrap_or_else(|err| panic!("{name} {access:?} call {call}: {err}"));
+            }
+            assert_eq!(e.dims(), [0, 3]);
+            let mut v = a.as_tensor().to_vec1::<f32>().unwrap();
+            v.push(z.as_tensor().to_vec0::<f32>().unwrap());
+            assert_ne!(v[2], 0.25, "{name} {access:?}: the scalar var moved");
+            finals.push(v);
+        }
+        assert_eq!(finals[0], finals[1], "{name}");
+    }
+}
