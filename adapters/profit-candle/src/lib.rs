@@ -53,7 +53,8 @@
 //! - **Copying** ([`Access::Copy`], any device): the parameters and gradients are copied into
 //!   host buffers, stepped there with the host loops, and written back with [`Var::set`].
 //!
-//! Every path writes the same checkpoints (a run saved on one path resumes on another). f32,
+//! Every path writes the same checkpoint format, and a run saved on one path resumes on
+//! another (the file's header names the backend, `candle` or `candle-ops`). f32,
 //! f64, bf16 and f16 vars are supported (16-bit: math in f32, one rounding per stored value,
 //! as profit-core does everywhere); other float dtypes are refused with
 //! [`CandleProfitError::UnsupportedDtype`]; integer vars are left out, as candle's own
