@@ -25,10 +25,13 @@
 //!
 //! On the CPU the elementwise passes match profit-core's host loops bitwise (up to the sign of
 //! zeros), and whole runs match up to the reductions' order: measured by `tests/ops_paths.rs`
-//! against the in-place path, bf16, f16 and f32 runs were bitwise equal and f64 runs within
-//! 4e-12 relative (with the host's summation order substituted, f64 too was bitwise equal). On CUDA candle's kernels may contract `x * a + b` into a fused
-//! multiply-add (one rounding fewer) and Metal compiles with fast math: results there are
-//! close to, not bitwise equal to, the host's. That has not been run here (no GPU build).
+//! against the in-place path, bf16, f16 and f32 runs had bitwise equal parameters and f64 runs
+//! stayed within 4e-12 relative (with the host's summation order substituted in an experiment,
+//! f64 too was bitwise equal). On other devices this has not been run (no GPU build of candle
+//! here). `affine` is only used as `x * s + 0` and `x * 1 + s`, whose values a fused
+//! multiply-add would not change; whether candle's CUDA and Metal kernels divide and take
+//! square roots correctly rounded (no fast-math flags) was not checked, and their sums run in
+//! another order again.
 //!
 //! Parameters are written in place (their storage is overwritten, so a [`Var`](candle_core::Var)
 //! that shares it sees the new values); optimizer state tensors are replaced by the newly
