@@ -1,5 +1,6 @@
-//! Per-step cost of `CandleProfit` (in place, and through the copying path) against candle's
-//! own `AdamW`, on the same model and the same gradients.
+//! Per-step cost of `CandleProfit` (in place, through the copying path, and through the
+//! tensor-ops path that vars off the CPU take, forced onto the CPU here) against candle's own
+//! `AdamW`, on the same model and the same gradients.
 //!
 //! `cargo run --release -p profit-candle --example step_overhead [-- --steps N]`
 //!
@@ -94,10 +95,13 @@ fn main() -> candle_core::Result<()> {
             None
         });
         let config = ProfitConfig::new(Sgd { lr: 1e-7, ..Default::default() }, Adam::default());
-        for access in [Access::Auto, Access::Copy] {
+        for access in [Access::InPlace, Access::Copy, Access::TensorOps] {
             let mut opt = CandleProfit::from_varmap_with(&vm, config, access).unwrap();
-            let name =
-                if access == Access::Copy { "CandleProfit (copying)" } else { "CandleProfit (in place)" };
+            let name = match access {
+                Access::Copy => "CandleProfit (copying)",
+                Access::TensorOps => "CandleProfit (tensor ops)",
+                _ => "CandleProfit (in place)",
+            };
             time(name, &mut || Some(opt.try_step(&grads).unwrap().phase));
         }
     }

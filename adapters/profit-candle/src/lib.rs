@@ -27,32 +27,52 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! ## How the weights are reached
+//! ## How the weights are reached: which path runs where
 //!
-//! - **In place** (f32 and f64 vars on the CPU, the default there): the parameters and
-//!   gradients are the vars' and the gradient store's own candle storage, read and written where
-//!   they are, with no copy: the [`Candle`] backend locks them (see [`backend`]) and runs
-//!   profit-core's fused multi-threaded host loops on them. The optimizer state (anchor, delta,
-//!   moments) is host memory.
-//! - **Copying** ([`Access::Copy`], and automatically for vars on another device): the
-//!   parameters and gradients are copied into host buffers, stepped there, and written back with
-//!   [`Var::set`].
+//! | vars on | default ([`Access::Auto`]) | can be chosen |
+//! |---|---|---|
+//! | the CPU | [`Access::InPlace`] | [`Access::TensorOps`], [`Access::Copy`] |
+//! | CUDA, Metal (candle built with those features) | [`Access::TensorOps`] | [`Access::Copy`] |
 //!
-//! Both paths run the same arithmetic and write the same checkpoints. f32, f64, bf16 and
-//! f16 vars are supported (16-bit: math in f32, one rounding per stored value, as profit-core
-//! does everywhere); other float dtypes are refused with [`CandleProfitError::UnsupportedDtype`];
-//! integer vars are left out, as candle's own optimizers do.
+//! - **In place** ([`Access::InPlace`]; f32, f64, bf16 and f16 vars on the CPU): the
+//!   parameters and gradients are the vars' and the gradient store's own candle storage, read
+//!   and written where they are, with no copy: the [`Candle`] backend locks them (see
+//!   [`backend`]) and runs profit-core's fused multi-threaded host loops on them. The optimizer
+//!   state (anchor, delta, moments) is host memory. The fastest path.
+//! - **Tensor ops** ([`Access::TensorOps`]): the [`CandleOps`] backend (see [`ops`]) writes
+//!   every pass as candle tensor ops on the vars' device; the optimizer state is candle tensors
+//!   on that device too, and nothing leaves it but 3 reduction scalars per tensor at the calls
+//!   that reduce (read back in one transfer). Slower than fused kernels (each operation is its
+//!   own kernel and temporary tensor: about as slow as candle's own `AdamW`, measured on the
+//!   CPU in `BENCHMARKS.md`), but on the device. The same arithmetic as the host loops: on the
+//!   CPU bf16, f16 and f32 runs matched the in-place path bitwise in this crate's tests, and f64
+//!   runs within 4e-12 (the reductions are summed in another order). It has been run on the
+//!   CPU only (forced, as the tests do); on CUDA and Metal it is untested here, and candle's
+//!   kernels there may contract or reorder floating-point operations; reductions run in f64,
+//!   on Metal (no f64) in f32.
+//! - **Copying** ([`Access::Copy`], any device): the parameters and gradients are copied into
+//!   host buffers, stepped there with the host loops, and written back with [`Var::set`].
+//!
+//! Every path writes the same checkpoint format, and a run saved on one path resumes on
+//! another (the file's header names the backend, `candle` or `candle-ops`). f32,
+//! f64, bf16 and f16 vars are supported (16-bit: math in f32, one rounding per stored value,
+//! as profit-core does everywhere); other float dtypes are refused with
+//! [`CandleProfitError::UnsupportedDtype`]; integer vars are left out, as candle's own
+//! optimizers do.
 //!
 //! ## Errors
 //!
 //! [`CandleProfit::try_step`] returns PROFIT's [`StepReport`] or a typed [`CandleProfitError`];
 //! on error nothing has changed (a var without gradient, a gradient of another shape, dtype or
-//! device, a non-finite gradient under the default policy). [`Optimizer::step`] returns the same
-//! errors wrapped in a `candle_core::Error`.
+//! device, a non-finite gradient under the default policy), on every path. [`Optimizer::step`]
+//! returns the same errors wrapped in a `candle_core::Error`. (A device failure in the middle of
+//! a tensor-ops step, such as running out of device memory, can leave the vars before it
+//! stepped: that is not bad input, and it is reported as [`ProfitError::Backend`].)
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod ops;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -62,6 +82,7 @@ use profit_core::{
 };
 
 pub use backend::{Candle, CandleBuf, CandleElement};
+pub use ops::CandleOps;
 
 /// Why a step (or building the optimizer) failed. In every case nothing has changed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +120,14 @@ pub enum CandleProfitError {
         /// The var that has it.
         name: String,
     },
+    /// [`Access::InPlace`] asked for vars that are not on the CPU.
+    #[error("var `{name}` is on {device}: the in-place path runs on the CPU")]
+    UnsupportedDevice {
+        /// The var's name.
+        name: String,
+        /// Its device.
+        device: String,
+    },
     /// Two vars share one storage (the same var registered twice).
     #[error("vars `{0}` and `{1}` share one storage")]
     SharedStorage(String, String),
@@ -116,10 +145,19 @@ pub enum CandleProfitError {
 /// How the optimizer reaches the weights (see the [crate docs](crate)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Access {
-    /// In place on the CPU, copying for vars on another device.
+    /// [`InPlace`](Access::InPlace) when every var is on the CPU, else
+    /// [`TensorOps`](Access::TensorOps).
     #[default]
     Auto,
-    /// Always copy into host buffers and write back with [`Var::set`].
+    /// Zero-copy on the CPU: profit-core's fused host loops on the vars' own storage. Vars on
+    /// another device are refused ([`CandleProfitError::UnsupportedDevice`]).
+    InPlace,
+    /// Candle tensor ops on the vars' device ([`CandleOps`]): nothing leaves the device but
+    /// the reductions' scalars. The default off the CPU; choose it on the CPU to run (and
+    /// test) that path there.
+    TensorOps,
+    /// Copy into host buffers, step there with the fused host loops, and write back with
+    /// [`Var::set`] (any device).
     Copy,
 }
 
@@ -132,11 +170,22 @@ struct Core<E: CandleElement> {
     copy: bool,
 }
 
+/// The tensor-ops path: the vars' own tensors stepped by [`CandleOps`] on their device.
+struct OpsCore<E: CandleElement> {
+    profit: Profit<CandleOps<E>>,
+    /// The vars' tensors (sharing their storage: written in place).
+    params: Vec<Tensor>,
+}
+
 enum Engine {
     F32(Core<f32>),
     F64(Core<f64>),
     Bf16(Core<half::bf16>),
     F16(Core<half::f16>),
+    OpsF32(OpsCore<f32>),
+    OpsF64(OpsCore<f64>),
+    OpsBf16(OpsCore<half::bf16>),
+    OpsF16(OpsCore<half::f16>),
 }
 
 macro_rules! on_core {
@@ -146,8 +195,77 @@ macro_rules! on_core {
             Engine::F64($c) => $body,
             Engine::Bf16($c) => $body,
             Engine::F16($c) => $body,
+            Engine::OpsF32($c) => $body,
+            Engine::OpsF64($c) => $body,
+            Engine::OpsBf16($c) => $body,
+            Engine::OpsF16($c) => $body,
         }
     };
+}
+
+/// Every var's gradient from `store`, checked against the var (present, shape, dtype, device)
+/// before anything changes.
+fn find_grads<'a, E: CandleElement>(
+    vars: &[(String, Var)],
+    store: &'a GradStore,
+) -> Result<Vec<&'a Tensor>, CandleProfitError> {
+    let mut found = Vec::with_capacity(vars.len());
+    for (name, var) in vars {
+        let g = store.get(var).ok_or_else(|| CandleProfitError::MissingGradient { name: name.clone() })?;
+        let bad = |reason: String| CandleProfitError::GradientMismatch { name: name.clone(), reason };
+        if g.dims() != var.dims() {
+            return Err(bad(format!("shape {:?}, the var's is {:?}", g.dims(), var.dims())));
+        }
+        if g.dtype() != <E as candle_core::WithDType>::DTYPE {
+            return Err(bad(format!(
+                "dtype {:?}, the var's is {:?}",
+                g.dtype(),
+                <E as candle_core::WithDType>::DTYPE
+            )));
+        }
+        if !g.device().same_device(var.device()) {
+            return Err(bad(format!(
+                "on {:?}, the var on {:?}",
+                g.device().location(),
+                var.device().location()
+            )));
+        }
+        found.push(g);
+    }
+    Ok(found)
+}
+
+impl<E: CandleElement> OpsCore<E> {
+    fn new(vars: &[(String, Var)], config: ProfitConfig) -> Result<Self, CandleProfitError> {
+        let params: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let group = profit_core::ParamGroup::new(vars.iter().map(|(n, _)| n.as_str()).zip(&params));
+        let profit = Profit::<CandleOps<E>>::with_groups(config, vec![group])?;
+        Ok(OpsCore { profit, params })
+    }
+
+    fn step(&mut self, vars: &[(String, Var)], store: &GradStore) -> Result<StepReport, CandleProfitError> {
+        let found = find_grads::<E>(vars, store)?;
+        let mut p: Vec<&mut Tensor> = self.params.iter_mut().collect();
+        Ok(self.profit.step(&mut p, &found)?)
+    }
+
+    fn with_current<R>(
+        &self,
+        _vars: &[(String, Var)],
+        f: impl FnOnce(&Profit<CandleOps<E>>, &[&Tensor]) -> Result<R, CandleProfitError>,
+    ) -> Result<R, CandleProfitError> {
+        f(&self.profit, &self.params.iter().collect::<Vec<_>>())
+    }
+
+    fn load(
+        &mut self,
+        _vars: &[(String, Var)],
+        bytes: &[u8],
+        opts: LoadOptions,
+    ) -> Result<(), CandleProfitError> {
+        let mut p: Vec<&mut Tensor> = self.params.iter_mut().collect();
+        Ok(self.profit.load_checkpoint(bytes, &mut p, opts)?)
+    }
 }
 
 /// Storage key of a tensor (equal for tensors sharing a storage).
@@ -182,31 +300,7 @@ impl<E: CandleElement> Core<E> {
     }
 
     fn step(&mut self, vars: &[(String, Var)], store: &GradStore) -> Result<StepReport, CandleProfitError> {
-        // Look every gradient up and check it before anything changes.
-        let mut found = Vec::with_capacity(vars.len());
-        for (name, var) in vars {
-            let g =
-                store.get(var).ok_or_else(|| CandleProfitError::MissingGradient { name: name.clone() })?;
-            let bad = |reason: String| CandleProfitError::GradientMismatch { name: name.clone(), reason };
-            if g.dims() != var.dims() {
-                return Err(bad(format!("shape {:?}, the var's is {:?}", g.dims(), var.dims())));
-            }
-            if g.dtype() != <E as candle_core::WithDType>::DTYPE {
-                return Err(bad(format!(
-                    "dtype {:?}, the var's is {:?}",
-                    g.dtype(),
-                    <E as candle_core::WithDType>::DTYPE
-                )));
-            }
-            if !g.device().same_device(var.device()) {
-                return Err(bad(format!(
-                    "on {:?}, the var on {:?}",
-                    g.device().location(),
-                    var.device().location()
-                )));
-            }
-            found.push(g);
-        }
+        let found = find_grads::<E>(vars, store)?;
         if self.copy {
             for ((i, (_, var)), g) in vars.iter().enumerate().zip(&found) {
                 copy_into(var.as_tensor(), &mut self.params[i])?;
@@ -236,6 +330,14 @@ impl<E: CandleElement> Core<E> {
 }
 
 impl<E: CandleElement> Core<E> {
+    fn access(&self) -> Access {
+        if self.copy {
+            Access::Copy
+        } else {
+            Access::InPlace
+        }
+    }
+
     /// Run `f` over the vars' current values: the vars themselves in place, fresh host
     /// copies on the copying path (its mirrors are refreshed only when a step runs).
     fn with_current<R>(
@@ -302,7 +404,10 @@ pub struct CandleProfit {
 
 impl CandleProfit {
     /// Build over named vars (names key checkpoints and errors; they must be unique) with the
-    /// given access. Integer vars are left out; vars of mixed dtypes are refused. All optimizer state is allocated here.
+    /// given access ([`Access::Auto`]: in place on the CPU, tensor ops elsewhere; see the
+    /// [crate docs](crate)). Integer vars are left out; vars of mixed dtypes are refused, and
+    /// [`Access::InPlace`] for vars off the CPU. All optimizer state is allocated here (on the
+    /// tensor-ops path, on the vars' device).
     pub fn with_names(
         vars: Vec<(String, Var)>,
         config: ProfitConfig,
@@ -331,12 +436,33 @@ impl CandleProfit {
         if let Some(w) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(CandleProfitError::SharedStorage(w[0].1.to_string(), w[1].1.to_string()));
         }
-        let copy = access == Access::Copy || kept.iter().any(|(_, v)| !v.device().is_cpu());
-        let engine = match dtype {
-            DType::F32 => Engine::F32(Core::new(&kept, config, copy)?),
-            DType::BF16 => Engine::Bf16(Core::new(&kept, config, copy)?),
-            DType::F16 => Engine::F16(Core::new(&kept, config, copy)?),
-            _ => Engine::F64(Core::new(&kept, config, copy)?),
+        let off_cpu = kept.iter().find(|(_, v)| !v.device().is_cpu());
+        let access = match (access, off_cpu) {
+            (Access::Auto, None) => Access::InPlace,
+            (Access::Auto, Some(_)) => Access::TensorOps,
+            (Access::InPlace, Some((name, v))) => {
+                return Err(CandleProfitError::UnsupportedDevice {
+                    name: name.clone(),
+                    device: format!("{:?}", v.device().location()),
+                })
+            }
+            (a, _) => a,
+        };
+        let engine = if access == Access::TensorOps {
+            match dtype {
+                DType::F32 => Engine::OpsF32(OpsCore::new(&kept, config)?),
+                DType::BF16 => Engine::OpsBf16(OpsCore::new(&kept, config)?),
+                DType::F16 => Engine::OpsF16(OpsCore::new(&kept, config)?),
+                _ => Engine::OpsF64(OpsCore::new(&kept, config)?),
+            }
+        } else {
+            let copy = access == Access::Copy;
+            match dtype {
+                DType::F32 => Engine::F32(Core::new(&kept, config, copy)?),
+                DType::BF16 => Engine::Bf16(Core::new(&kept, config, copy)?),
+                DType::F16 => Engine::F16(Core::new(&kept, config, copy)?),
+                _ => Engine::F64(Core::new(&kept, config, copy)?),
+            }
         };
         let names = kept.iter().map(|(n, _)| n.clone()).collect();
         Ok(CandleProfit { vars: kept, names, engine, last: None })
@@ -390,19 +516,31 @@ impl CandleProfit {
         self.vars[0].1.device()
     }
 
-    /// The vars' dtype (`F32` or `F64`).
+    /// The vars' dtype (`F32`, `F64`, `BF16` or `F16`).
     pub fn dtype(&self) -> DType {
         match self.engine {
-            Engine::F32(_) => DType::F32,
-            Engine::F64(_) => DType::F64,
-            Engine::Bf16(_) => DType::BF16,
-            Engine::F16(_) => DType::F16,
+            Engine::F32(_) | Engine::OpsF32(_) => DType::F32,
+            Engine::F64(_) | Engine::OpsF64(_) => DType::F64,
+            Engine::Bf16(_) | Engine::OpsBf16(_) => DType::BF16,
+            Engine::F16(_) | Engine::OpsF16(_) => DType::F16,
         }
     }
 
     /// Whether steps copy the weights (the copying path) rather than work in place.
     pub fn copies(&self) -> bool {
-        on_core!(&self.engine, c => c.copy)
+        self.access() == Access::Copy
+    }
+
+    /// The path the steps run: [`Access::InPlace`], [`Access::TensorOps`] or
+    /// [`Access::Copy`] ([`Access::Auto`] resolved when the optimizer was built).
+    pub fn access(&self) -> Access {
+        match &self.engine {
+            Engine::F32(c) => c.access(),
+            Engine::F64(c) => c.access(),
+            Engine::Bf16(c) => c.access(),
+            Engine::F16(c) => c.access(),
+            _ => Access::TensorOps,
+        }
     }
 
     /// Counted calls so far.
@@ -450,7 +588,7 @@ impl CandleProfit {
         on_core!(&self.engine, c => c.profit.config())
     }
 
-    /// The inner [`Profit`] of an f32 optimizer.
+    /// The inner [`Profit`] of an f32 optimizer on the in-place or copying path.
     pub fn profit_f32(&self) -> Option<&Profit<Candle<f32>>> {
         match &self.engine {
             Engine::F32(c) => Some(&c.profit),
@@ -458,7 +596,7 @@ impl CandleProfit {
         }
     }
 
-    /// The inner [`Profit`] of an f64 optimizer.
+    /// The inner [`Profit`] of an f64 optimizer on the in-place or copying path.
     pub fn profit_f64(&self) -> Option<&Profit<Candle<f64>>> {
         match &self.engine {
             Engine::F64(c) => Some(&c.profit),

@@ -1,6 +1,7 @@
 //! Every golden trajectory replayed through candle itself: the least-squares model as two
 //! `Var`s, the loss built from candle ops, gradients from candle's `backward()`, and
-//! [`CandleProfit::try_step`], in place and through the copying path.
+//! [`CandleProfit::try_step`], in place, through the copying path and through the tensor-ops
+//! path (forced onto the CPU).
 //!
 //! Modes and tolerances (golden READMEs): f32 vars replay the float64 files with the
 //! accumulated delta within 1e-4 and the float32 files with the realized delta within 1e-5;
@@ -38,7 +39,8 @@ fn replay<E: CandleElement>(
     let config = ProfitConfig { delta, ..case.profit_config()? };
     let vars = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
     let mut opt = CandleProfit::with_names(vars, config, access).map_err(|e| e.to_string())?;
-    assert_eq!(opt.copies(), access == Access::Copy);
+    let resolved = if access == Access::Auto { Access::InPlace } else { access };
+    assert_eq!(opt.access(), resolved);
     let mut worst = 0.0f64;
     for (call, (rows, rec)) in p.batches.iter().zip(&case.trajectory).enumerate() {
         let at = |m: String| format!("{} [{} {access:?}] call {call}: {m}", case.name, delta_name(delta));
@@ -66,7 +68,7 @@ fn replay<E: CandleElement>(
 }
 
 fn replay_all<E: CandleElement>() {
-    for access in [Access::Auto, Access::Copy] {
+    for access in [Access::Auto, Access::Copy, Access::TensorOps] {
         let label = format!("candle-{}-{}", <E as Element>::DTYPE, format!("{access:?}").to_lowercase());
         golden::replay_every_case(&label, <E as Element>::DTYPE, |case, delta, tol| {
             replay::<E>(case, delta, tol, access)

@@ -1,5 +1,6 @@
 //! `CandleProfit` as a candle user sees it: the `Optimizer` trait, typed errors that change
-//! nothing, the in-place and copying paths agreeing bitwise, checkpoints resumed mid-cycle.
+//! nothing (on every path), the in-place and copying paths agreeing bitwise, checkpoints
+//! resumed mid-cycle (on every path, and from one path into another).
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
@@ -90,6 +91,7 @@ fn in_place_and_copy_paths_agree_bitwise() {
         let mut a = CandleProfit::from_varmap(&vm, config()).unwrap();
         let mut b = CandleProfit::from_varmap_with(&vm2, config(), Access::Copy).unwrap();
         assert!(!a.copies() && b.copies());
+        assert_eq!((a.access(), b.access()), (Access::InPlace, Access::Copy));
         assert_eq!(a.dtype(), dtype);
         for step in 0..9 {
             let ra = a.try_step(&m.loss(step, dtype).backward().unwrap()).unwrap();
@@ -106,7 +108,7 @@ fn in_place_and_copy_paths_agree_bitwise() {
 
 #[test]
 fn checkpoint_resumes_mid_cycle_bitwise() {
-    for access in [Access::Auto, Access::Copy] {
+    for access in [Access::Auto, Access::Copy, Access::TensorOps] {
         let vm = VarMap::new();
         let m = Mlp::new(&vm, DType::F32);
         let mut opt = CandleProfit::from_varmap_with(&vm, config(), access).unwrap();
@@ -151,7 +153,7 @@ fn checkpoint_resumes_mid_cycle_bitwise() {
 
 #[test]
 fn missing_gradient_is_typed_and_changes_nothing() {
-    for access in [Access::Auto, Access::Copy] {
+    for access in [Access::Auto, Access::Copy, Access::TensorOps] {
         let vm = VarMap::new();
         let m = Mlp::new(&vm, DType::F32);
         let mut opt = CandleProfit::from_varmap_with(&vm, config(), access).unwrap();
@@ -173,21 +175,31 @@ fn missing_gradient_is_typed_and_changes_nothing() {
 
 #[test]
 fn bad_gradients_are_typed_and_change_nothing() {
+    for access in [Access::Auto, Access::Copy, Access::TensorOps] {
+        bad_gradients(access);
+    }
+}
+
+fn bad_gradients(access: Access) {
     let dev = Device::Cpu;
     let w = Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::new(&[0.5f32, -0.5], &dev).unwrap()).unwrap();
     let vars = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
-    let mut opt = CandleProfit::with_names(vars, config(), Access::Auto).unwrap();
+    let mut opt = CandleProfit::with_names(vars, config(), access).unwrap();
     let vals = |v: &Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (w0, b0) = (vals(&w), vals(&b));
     let good_b = Tensor::new(&[1f32, 1.], &dev).unwrap();
-    let cases: Vec<(Tensor, &str)> = vec![
+    let mut cases: Vec<(Tensor, &str)> = vec![
         (Tensor::ones(4, DType::F32, &dev).unwrap(), "shape"),
         (Tensor::ones((2, 2), DType::F64, &dev).unwrap(), "dtype"),
         (Tensor::new(&[[f32::NAN, 0.], [0., 0.]], &dev).unwrap(), "nan"),
-        // The var's own tensor as its gradient: shares its storage (would deadlock a lock).
-        (w.as_tensor().clone(), "alias"),
+        (Tensor::new(&[[0., f32::INFINITY], [0., 0.]], &dev).unwrap(), "inf"),
     ];
+    if access == Access::Auto {
+        // The var's own tensor as its gradient: shares its storage (would deadlock a lock).
+        // The other paths read the gradient before writing the var, and take it.
+        cases.push((w.as_tensor().clone(), "alias"));
+    }
     for (g, what) in cases {
         let mut store = GradStore::default();
         store.insert(w.as_tensor(), g);
@@ -195,16 +207,16 @@ fn bad_gradients_are_typed_and_change_nothing() {
         let e = opt.try_step(&store).unwrap_err();
         match (what, &e) {
             ("shape" | "dtype", CandleProfitError::GradientMismatch { name, .. }) => assert_eq!(name, "w"),
-            ("nan", CandleProfitError::Profit(ProfitError::NonFiniteGradient { name })) => {
+            ("nan" | "inf", CandleProfitError::Profit(ProfitError::NonFiniteGradient { name })) => {
                 assert_eq!(name, "w")
             }
             ("alias", CandleProfitError::Profit(ProfitError::Backend(_))) => {}
-            _ => panic!("{what}: unexpected {e:?}"),
+            _ => panic!("{access:?} {what}: unexpected {e:?}"),
         }
-        assert_eq!((vals(&w), vals(&b)), (w0.clone(), b0.clone()), "{what}");
+        assert_eq!((vals(&w), vals(&b)), (w0.clone(), b0.clone()), "{access:?} {what}");
         assert_eq!(opt.calls(), 0);
     }
-    // A non-contiguous gradient is used (made contiguous), same as its contiguous copy.
+    // A non-contiguous gradient is used (in place: made contiguous), same as its contiguous copy.
     let g = Tensor::new(&[[1f32, 3.], [2., 4.]], &dev).unwrap().t().unwrap();
     assert!(!g.is_contiguous());
     let mut store = GradStore::default();
@@ -213,7 +225,32 @@ fn bad_gradients_are_typed_and_change_nothing() {
     assert_eq!(opt.try_step(&store).unwrap().phase, Phase::Reference);
     let w1 = vals(&w);
     let expected: Vec<f32> = w0.iter().zip([1f32, 2., 3., 4.]).map(|(w, g)| w - 1e-3 * g).collect();
-    assert_eq!(w1, expected);
+    assert_eq!(w1, expected, "{access:?}");
+}
+
+/// A run checkpointed on one path resumes on another (a CPU run moved to a GPU takes the
+/// tensor-ops path): f32 results stay bitwise those of the uninterrupted in-place run here.
+#[test]
+fn checkpoint_moves_between_paths() {
+    for (from, to) in [(Access::InPlace, Access::TensorOps), (Access::TensorOps, Access::InPlace)] {
+        let vm = VarMap::new();
+        let m = Mlp::new(&vm, DType::F32);
+        let mut opt = CandleProfit::from_varmap_with(&vm, config(), from).unwrap();
+        for step in 0..4 {
+            opt.try_step(&m.loss(step, DType::F32).backward().unwrap()).unwrap();
+        }
+        let bytes = opt.save_checkpoint(SaveOptions::default()).unwrap();
+        let (vm2, m2) = copy_varmap(&vm, DType::F32);
+        let mut resumed = CandleProfit::from_varmap_with(&vm2, config(), to).unwrap();
+        assert_eq!(resumed.access(), to);
+        resumed.load_checkpoint(&bytes, LoadOptions::default()).unwrap();
+        for step in 4..10 {
+            let ra = opt.try_step(&m.loss(step, DType::F32).backward().unwrap()).unwrap();
+            let rb = resumed.try_step(&m2.loss(step, DType::F32).backward().unwrap()).unwrap();
+            assert_eq!(ra.phase, rb.phase);
+            assert_eq!(snapshot(&vm), snapshot(&vm2), "{from:?} -> {to:?} call {step}");
+        }
+    }
 }
 
 #[test]
