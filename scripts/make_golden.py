@@ -10,17 +10,22 @@ shapes). Needs torch (any recent version; these files were made with torch 2.5.1
     python3 scripts/make_golden.py tests/golden/extra
 
 With `--dtype bfloat16` or `--dtype float16` it makes the 16-bit cases of `tests/golden16/`
-instead (format `profit-golden/1` plus `"dtype"` and `"delta"` fields; see that folder's
-README.md): parameters, gradients and optimizer state in that dtype as `torch.optim` keeps them
-(foreach=False, every op rounded to the dtype as torch does); the problem data in float64; each
-gradient computed in float64 from the 16-bit parameters (widened exactly) and rounded to the
-dtype once. `--delta accumulated` (default) keeps PROFIT's delta as a 16-bit buffer to which
-each reference step adds the update torch.optim.SGD applied (`delta.add_(d_p, alpha=-lr)`, the
-same op as on the parameter; SGD reference only); `--delta realized` takes
-`delta = theta' - theta_ref`, the 16-bit difference of the stored weights:
+instead (format `profit-golden/1` plus `"dtype"`, `"delta"` and `"rounding"` fields; that
+folder's README.md says more; made with torch 2.15.0 on CPU): parameters, gradients and optimizer
+state in that dtype as `torch.optim` keeps them (foreach=False, every op rounded to the dtype as
+torch does); the problem data in float64; each gradient computed in float64 from the 16-bit
+parameters (widened exactly) and rounded to the dtype once. `--delta accumulated` (default)
+keeps PROFIT's delta as a 16-bit buffer to which each reference step adds the update
+torch.optim.SGD applied (`delta.add_(d_p, alpha=-lr)`, the same op as on the parameter; SGD
+reference only); `--delta realized` takes `delta = theta' - theta_ref`, the 16-bit difference
+of the stored weights. `--rounding once` runs the same torch ops in float32 and rounds every
+stored value (parameters, optimizer state, delta) to the dtype after each step: this library's
+16-bit semantics, with PyTorch's formulas.
 
-    python3 scripts/make_golden.py tests/golden16 --dtype bfloat16 --delta accumulated
-    python3 scripts/make_golden.py tests/golden16 --dtype float16 --delta accumulated
+    for d in accumulated realized; do for r in per_op once; do
+        python3 scripts/make_golden.py tests/golden16 --dtype bfloat16 --delta $d --rounding $r
+        python3 scripts/make_golden.py tests/golden16 --dtype float16 --delta $d --rounding $r
+    done; done
 """
 import argparse
 import json
