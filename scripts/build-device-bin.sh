@@ -8,7 +8,7 @@
 #   device-bin/profit-cuda-nccl   profit-cuda's unit tests with the `nccl` feature (NCCL loaded
 #                                 at run time: an all-reduce over a communicator of one)
 #   device-bin/golden-dir         the conformance crate's folder as compiled into the binary
-#                                 (it reads golden/ and golden32/ there)
+#                                 (it reads golden/, golden32/ and golden16/ there)
 # Binaries embed the committed PTX (cuda-kernels/ptx), so no CUDA is needed to build them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
