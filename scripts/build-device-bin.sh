@@ -55,7 +55,7 @@ nccl="$(awk -F'\t' '$1 == "profit_cuda" { p = $2 } END { print p }' "$NCCL_LIST"
 [ -n "$nccl" ] || { echo "build-device-bin: no nccl test executable" >&2; exit 1; }
 cp "$nccl" "$OUT/profit-cuda-nccl"
 strip --strip-debug "$OUT/profit-cuda-nccl" 2>/dev/null || true
-# The conformance binary reads its golden cases (golden/, golden32/) below the crate folder
+# The conformance binary reads its golden cases (golden/, golden32/, golden16/) below the crate folder
 # compiled into it.
 echo "$PWD/tests" >"$OUT/golden-dir"
 ls -l "$OUT"

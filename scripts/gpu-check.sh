@@ -46,7 +46,7 @@ done
 chmod +x "$BIN"/* 2>/dev/null || true
 
 # The conformance binary looks for its golden cases (golden/: float64, both delta modes;
-# golden32/: float32, realized delta) where the crate was when it was built.
+# golden32/: float32, realized delta; golden16/: bf16 and f16) where the crate was when it was built.
 golden="$(cat "$BIN/golden-dir")"
 if [ ! -d "$golden/golden32" ]; then
     mkdir -p "$(dirname "$golden")" && ln -sfn "$PWD/tests" "$golden" \
