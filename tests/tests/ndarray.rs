@@ -35,6 +35,9 @@ fn accumulated_replays<E: Element>(tol: f64) {
     let mut worst = 0.0f64;
     for f in golden_files().unwrap() {
         let case = GoldenCase::load(&f.path).unwrap();
+        if case.dtype16().is_some() {
+            continue; // a 16-bit file from $PROFIT_GOLDEN_DIR: torch_16bit_replays' kind
+        }
         let edit = |c| ProfitConfig { delta: Delta::Accumulated, ..c };
         let nd =
             replay_with(&Nd::<E>(Default::default()), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
