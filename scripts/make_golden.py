@@ -168,7 +168,7 @@ def grads16(X, Y, params, rows, dtype):
 
 def sgd_direction(cfg, state, p_before, grad):
     """The `d_p` torch.optim.SGD (foreach=False) has just applied as `p.add_(d_p, alpha=-lr)`,
-    recomputed with the same 16-bit ops from the parameter before the step, the gradient and
+    recomputed with the same ops (in the dtype torch ran in) from the parameter before the step, the gradient and
     the momentum buffer the step left."""
     d_p = -grad if cfg.get("maximize", False) else grad
     if cfg.get("weight_decay", 0.0) != 0.0:

@@ -307,12 +307,13 @@ pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplaySt
     replay_with(h, case, tol, |c| c)
 }
 
-/// Replay one case with its configuration modified by `edit` (e.g. another restore mode).
 /// Relative tolerance of omega, `|delta|^2` and `|g|^2` when the parameters are 16-bit.
 /// Measured worst over the shipped cases: 0.155 (bf16) and 0.233 (f16, ratio 1e3, where the
 /// accumulated delta of ~1e-7 is subnormal in f16 and keeps only a few bits).
 pub const STATS_TOLERANCE_16: f64 = 0.5;
 
+/// Replay one case with its configuration modified by `edit` (e.g. another restore mode), the
+/// statistics' tolerance chosen from `tol` (see [`replay_checked`] to give it).
 pub fn replay_with<H: Harness>(
     h: &H,
     case: &GoldenCase,
