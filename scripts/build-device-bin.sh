@@ -8,7 +8,7 @@
 #   device-bin/profit-cuda-nccl   profit-cuda's unit tests with the `nccl` feature (NCCL loaded
 #                                 at run time: an all-reduce over a communicator of one)
 #   device-bin/golden-dir         the conformance crate's folder as compiled into the binary
-#                                 (it reads golden/ and golden32/ there)
+#                                 (it reads golden/, golden32/ and golden16/ there)
 # Binaries embed the committed PTX (cuda-kernels/ptx), so no CUDA is needed to build them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +55,7 @@ nccl="$(awk -F'\t' '$1 == "profit_cuda" { p = $2 } END { print p }' "$NCCL_LIST"
 [ -n "$nccl" ] || { echo "build-device-bin: no nccl test executable" >&2; exit 1; }
 cp "$nccl" "$OUT/profit-cuda-nccl"
 strip --strip-debug "$OUT/profit-cuda-nccl" 2>/dev/null || true
-# The conformance binary reads its golden cases (golden/, golden32/) below the crate folder
+# The conformance binary reads its golden cases (golden/, golden32/, golden16/) below the crate folder
 # compiled into it.
 echo "$PWD/tests" >"$OUT/golden-dir"
 ls -l "$OUT"

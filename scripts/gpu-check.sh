@@ -8,12 +8,14 @@
 # The GPU machine has CUDA, nvcc and PyTorch but no Rust and no network. Steps:
 #  1. the card and driver (nvidia-smi);
 #  2. profit-cuda's PTX checks, GPU tests (bitwise against the host backend) and the
-#     conformance suite on CUDA f32/f64, each in both delta modes (realized, accumulated);
+#     conformance suite on CUDA f32/f64, each in both delta modes (realized, accumulated),
+#     plus PyTorch's bf16/f16 trajectories (tests/golden16) on CUDA bf16/f16;
 #     with a GPU present, any "SKIPPED" is a failure;
 #  3. the NCCL collective over a communicator of one (PyTorch's nvidia-nccl, linked as the
 #     libnccl.so cudarc looks for);
-#  4. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md):
-#     markdown tables to paste into BENCHMARKS.md.
+#  4. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md), in f32
+#     and bf16 (PROFIT_BENCH_DTYPES, default f32,bf16; bf16 rows count bf16 bytes): markdown
+#     tables to paste into BENCHMARKS.md; the bf16 rows of both are printed again at the end.
 # Exits non-zero if any step failed; every step runs regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ RES="${OUT:-out}"
 mkdir -p "$RES"
 SIZES="${PROFIT_BENCH_SIZES:-16M,256M}"
 TENSORS="${PROFIT_BENCH_TENSORS:-1,1000}"
+DTYPES="${PROFIT_BENCH_DTYPES:-f32,bf16}"
 failed=()
 
 step() { # name, timeout seconds, command...
@@ -43,7 +46,7 @@ done
 chmod +x "$BIN"/* 2>/dev/null || true
 
 # The conformance binary looks for its golden cases (golden/: float64, both delta modes;
-# golden32/: float32, realized delta) where the crate was when it was built.
+# golden32/: float32, realized delta; golden16/: bf16 and f16) where the crate was when it was built.
 golden="$(cat "$BIN/golden-dir")"
 if [ ! -d "$golden/golden32" ]; then
     mkdir -p "$(dirname "$golden")" && ln -sfn "$PWD/tests" "$golden" \
@@ -68,10 +71,18 @@ if grep -q "SKIPPED" "$RES/gpu-tests.log" "$RES/conformance.log" "$RES/nccl.log"
     echo "gpu-check: tests were SKIPPED on a GPU machine (no driver or device seen?)" >&2
     failed+=("skipped tests")
 fi
-step bench 300 "$BIN/bench" --require-gpu --sizes "$SIZES" --tensors "$TENSORS" --reps 20 --warmup 3
+step bench 300 "$BIN/bench" --require-gpu --sizes "$SIZES" --tensors "$TENSORS" --dtypes "$DTYPES" --reps 20 --warmup 3
 sed -n '/^| what/,$p' "$RES/bench.log" >"$RES/bench.md"
-step torch-bench 300 python3 scripts/torch_bench.py --sizes "$SIZES" --tensors "$TENSORS" --reps 20 --warmup 3
+step torch-bench 300 python3 scripts/torch_bench.py --sizes "$SIZES" --tensors "$TENSORS" --dtypes "$DTYPES" --reps 20 --warmup 3
 sed -n '/^| what/,$p' "$RES/torch-bench.log" >"$RES/torch_bench.md"
+if grep -q "bf16 |" "$RES/bench.md" "$RES/torch_bench.md"; then
+    echo
+    echo "=== bf16 rows (B/param counted in bf16; % of the f32 copy bandwidth)"
+    for f in "$RES/bench.md" "$RES/torch_bench.md"; do
+        sed -n '1,2p' "$f"
+        grep "bf16 |" "$f"
+    done
+fi
 
 echo
 if [ "${#failed[@]}" -eq 0 ]; then

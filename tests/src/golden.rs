@@ -74,6 +74,14 @@ pub struct GoldenCase {
     /// otherwise.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// 16-bit trajectories (`golden16/`): how the file formed PROFIT's delta, `"accumulated"`
+    /// or `"realized"`; absent otherwise.
+    #[serde(default)]
+    pub delta: Option<String>,
+    /// 16-bit trajectories: `"per_op"` (torch.optim in the 16-bit dtype, every op rounded) or
+    /// `"once"` (the same ops in float32, every stored value rounded once per step).
+    #[serde(default)]
+    pub rounding: Option<String>,
     /// The problem.
     pub problem: Problem,
     /// PROFIT configuration, in the golden format (PyTorch names).
@@ -102,6 +110,25 @@ impl GoldenCase {
     /// Whether this is a float32 trajectory (`"dtype": "float32"`).
     pub fn is_float32(&self) -> bool {
         self.dtype.as_deref() == Some("float32")
+    }
+
+    /// The element type of a 16-bit trajectory (`"dtype": "bfloat16"` or `"float16"`, made by
+    /// PyTorch in that dtype; `golden16/README.md`), `None` for float64 and float32 files.
+    pub fn dtype16(&self) -> Option<profit_core::Dtype> {
+        match self.dtype.as_deref() {
+            Some("bfloat16") => Some(profit_core::Dtype::Bf16),
+            Some("float16") => Some(profit_core::Dtype::F16),
+            _ => None,
+        }
+    }
+
+    /// The delta mode a 16-bit trajectory was made with (its `"delta"` field).
+    pub fn delta_mode(&self) -> Result<profit_core::Delta, String> {
+        match self.delta.as_deref() {
+            Some("accumulated") => Ok(profit_core::Delta::Accumulated),
+            Some("realized") => Ok(profit_core::Delta::Realized),
+            other => Err(format!("{}: delta {other:?}, expected \"accumulated\" or \"realized\"", self.name)),
+        }
     }
 
     /// `lr_main / lr_ref` of the configuration (infinite for `lr_ref = 0`; 0 if unreadable).
@@ -182,6 +209,67 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(v)
 }
 
+/// The 16-bit golden files (`golden16/`, made by PyTorch in bfloat16 and float16; see its
+/// README), each replayed only on its own element type.
+pub fn golden16_files() -> Result<Vec<PathBuf>, String> {
+    json_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("golden16"))
+}
+
+/// How a 16-bit golden file is replayed (`golden16/README.md`): its delta mode, the parameter
+/// tolerance and the relative tolerance of omega, `|delta|^2` and `|g|^2`. Files rounded once
+/// per stored value must be matched bitwise (both tolerances 0); files made with torch's
+/// per-op rounding within the measured tolerances of their dtype.
+pub fn plan16(case: &GoldenCase) -> Result<(profit_core::Delta, f64, f64), String> {
+    use profit_core::Dtype;
+    let delta = case.delta_mode()?;
+    let dtype = case.dtype16().ok_or_else(|| format!("{}: not a 16-bit file", case.name))?;
+    match (case.rounding.as_deref(), dtype) {
+        (Some("once"), _) => Ok((delta, 0.0, 0.0)),
+        (Some("per_op"), Dtype::Bf16) => {
+            Ok((delta, crate::TOLERANCE_TORCH_BF16, crate::STATS_TOLERANCE_TORCH_BF16))
+        }
+        (Some("per_op"), _) => Ok((delta, crate::TOLERANCE_TORCH_F16, crate::STATS_TOLERANCE_TORCH_F16)),
+        (other, _) => Err(format!("{}: rounding {other:?}, expected \"per_op\" or \"once\"", case.name)),
+    }
+}
+
+/// Replay every 16-bit golden file of the harness's element type (`golden16/`) with its delta
+/// mode and tolerances ([`plan16`]); print one line per file; panic listing every failure, or
+/// if none ran. Returns each file's name, rounding and replay statistics.
+pub fn golden16_all<H: Harness>(h: &H) -> Vec<(String, String, ReplayStats)> {
+    let dtype = <<H::B as TensorOps>::Elem as profit_core::Element>::DTYPE;
+    let (mut done, mut failures) = (vec![], vec![]);
+    for path in golden16_files().unwrap_or_else(|e| panic!("{e}")) {
+        let run = || -> Result<Option<(String, String, ReplayStats)>, String> {
+            let case = GoldenCase::load(&path)?;
+            if case.dtype16() != Some(dtype) {
+                return Ok(None);
+            }
+            let (delta, tol, stats_tol) = plan16(&case)?;
+            let s = replay_checked(h, &case, tol, stats_tol, |c| ProfitConfig { delta, ..c })
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let file = path.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let rounding = case.rounding.clone().unwrap_or_default();
+            println!(
+                "golden16 {file:<38} {:<12} {:<11} worst param error {:.3e} (tol {tol:.1e}), stats {:.3e} (tol {stats_tol:.1e})",
+                h.label(),
+                crate::delta_name(delta),
+                s.worst_param,
+                s.worst_stats
+            );
+            Ok(Some((file, rounding, s)))
+        };
+        match run() {
+            Ok(Some(r)) => done.push(r),
+            Ok(None) => {}
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s) on {}:\n{}", failures.len(), h.label(), failures.join("\n"));
+    assert!(!done.is_empty(), "no 16-bit golden file for {}", h.label());
+    done
+}
+
 /// Worst errors of one replay.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayStats {
@@ -219,26 +307,19 @@ pub fn replay<H: Harness>(h: &H, case: &GoldenCase, tol: f64) -> Result<ReplaySt
     replay_with(h, case, tol, |c| c)
 }
 
-/// Replay one case with its configuration modified by `edit` (e.g. another restore mode).
 /// Relative tolerance of omega, `|delta|^2` and `|g|^2` when the parameters are 16-bit.
 /// Measured worst over the shipped cases: 0.155 (bf16) and 0.233 (f16, ratio 1e3, where the
 /// accumulated delta of ~1e-7 is subnormal in f16 and keeps only a few bits).
 pub const STATS_TOLERANCE_16: f64 = 0.5;
 
+/// Replay one case with its configuration modified by `edit` (e.g. another restore mode), the
+/// statistics' tolerance chosen from `tol` (see [`replay_checked`] to give it).
 pub fn replay_with<H: Harness>(
     h: &H,
     case: &GoldenCase,
     tol: f64,
     edit: impl Fn(ProfitConfig) -> ProfitConfig,
 ) -> Result<ReplayStats, String> {
-    let config = edit(case.profit_config()?);
-    let named: Vec<(String, <H::B as TensorOps>::Tensor)> =
-        case.problem.params.iter().map(|p| (p.name.clone(), h.tensor(&p.shape, &p.init))).collect();
-    let refs: Vec<(&str, &<H::B as TensorOps>::Tensor)> =
-        named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut opt = Profit::<H::B>::with_names(config, &refs).map_err(|e| e.to_string())?;
-    let mut tensors: Vec<_> = named.into_iter().map(|(_, t)| t).collect();
-    let mut stats = ReplayStats::default();
     // Relative tolerance of the reported statistics: tight in f64, loose in f32 where omega
     // carries the rounding of every element (none for an unbounded replay).
     let stats_tol = if tol < 1e-6 {
@@ -251,6 +332,25 @@ pub fn replay_with<H: Harness>(
     } else {
         f64::INFINITY
     };
+    replay_checked(h, case, tol, stats_tol, edit)
+}
+
+/// [`replay_with`] with the relative tolerance of omega, `|delta|^2` and `|g|^2` given.
+pub fn replay_checked<H: Harness>(
+    h: &H,
+    case: &GoldenCase,
+    tol: f64,
+    stats_tol: f64,
+    edit: impl Fn(ProfitConfig) -> ProfitConfig,
+) -> Result<ReplayStats, String> {
+    let config = edit(case.profit_config()?);
+    let named: Vec<(String, <H::B as TensorOps>::Tensor)> =
+        case.problem.params.iter().map(|p| (p.name.clone(), h.tensor(&p.shape, &p.init))).collect();
+    let refs: Vec<(&str, &<H::B as TensorOps>::Tensor)> =
+        named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut opt = Profit::<H::B>::with_names(config, &refs).map_err(|e| e.to_string())?;
+    let mut tensors: Vec<_> = named.into_iter().map(|(_, t)| t).collect();
+    let mut stats = ReplayStats::default();
     for (call, (rows, rec)) in case.problem.batches.iter().zip(&case.trajectory).enumerate() {
         let at = |msg: String| format!("{} call {call}: {msg}", case.name);
         let current: Vec<Vec<f64>> = tensors.iter().map(|t| h.values(t)).collect();
@@ -270,7 +370,7 @@ pub fn replay_with<H: Harness>(
             stats.worst_param = stats.worst_param.max(err);
             // NaN errors must fail too.
             if err.is_nan() || err > tol {
-                return Err(at(format!("param {} error {err:.3e} > {tol:.0e}", p.name)));
+                return Err(at(format!("param {} error {err:.3e} > {tol:.1e}", p.name)));
             }
         }
         if report.phase == Phase::Main {
@@ -376,9 +476,18 @@ impl Record {
 /// The delta modes and tolerances (golden READMEs) a case is replayed in for an element type:
 /// float64 files in both modes at 1e-10 on f64 and in the accumulated mode at 1e-4 on f32;
 /// float32 files in the realized mode at 1e-5 on f32 (skipped on f64); 16-bit types in the
-/// accumulated mode at their measured tolerance.
+/// accumulated mode at their measured tolerance; 16-bit files (`golden16/`) on their own
+/// element type only, as [`plan16`] says.
 pub fn plan(case: &GoldenCase, dtype: profit_core::Dtype) -> Vec<(profit_core::Delta, f64)> {
     use profit_core::{Delta, Dtype};
+    // A 16-bit trajectory (`golden16/`, or one in `$PROFIT_GOLDEN_DIR`) is replayed only on its
+    // own element type.
+    if let Some(own) = case.dtype16() {
+        return match plan16(case) {
+            Ok((delta, tol, _)) if own == dtype => vec![(delta, tol)],
+            _ => vec![],
+        };
+    }
     match (case.is_float32(), dtype) {
         (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
         (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],

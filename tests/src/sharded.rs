@@ -24,7 +24,7 @@ use profit_core::{
 };
 
 use crate::golden::{golden_files, param_error, GoldenCase};
-use crate::{delta_name, Harness, TOLERANCE_F32_FILES};
+use crate::{delta_name, Harness};
 use profit_core::TensorOps;
 
 /// What a run did at every call.
@@ -145,14 +145,7 @@ pub fn golden_sharded<E: Element>() {
     let mut splits_seen = [false; 3]; // a split tensor, a rank with two tensors, an empty rank
     for f in &files {
         let case = GoldenCase::load(&f.path).unwrap_or_else(|e| panic!("{e}"));
-        let plan: Vec<(Delta, f64)> = match (case.is_float32(), E::DTYPE) {
-            (false, Dtype::F64) => vec![(Delta::Realized, 1e-10), (Delta::Accumulated, 1e-10)],
-            (false, Dtype::F32) => vec![(Delta::Accumulated, 1e-4)],
-            (true, Dtype::F32) => vec![(Delta::Realized, TOLERANCE_F32_FILES)],
-            (true, Dtype::F64) => vec![],
-            (_, Dtype::Bf16) => vec![(Delta::Accumulated, crate::TOLERANCE_BF16)],
-            (_, Dtype::F16) => vec![(Delta::Accumulated, crate::TOLERANCE_F16)],
-        };
+        let plan: Vec<(Delta, f64)> = crate::golden::plan(&case, E::DTYPE);
         let golden = golden_trace(&case);
         for (delta, tol) in plan {
             let config = ProfitConfig { delta, ..case.profit_config().unwrap_or_else(|e| panic!("{e}")) };

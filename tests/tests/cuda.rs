@@ -1,5 +1,6 @@
-//! The conformance suite on the CUDA backend (`profit-cuda`), f32 and f64. Without a CUDA
-//! driver or device every test prints `SKIPPED: backend unavailable: ...` and passes.
+//! The conformance suite on the CUDA backend (`profit-cuda`), f32 and f64, and PyTorch's bf16
+//! and f16 trajectories (`golden16/`) on bf16 and f16. Without a CUDA driver or device every
+//! test prints `SKIPPED: backend unavailable: ...` and passes.
 
 use profit_conformance::{conformance_suite, Harness};
 use profit_core::BackendError;
@@ -40,3 +41,19 @@ fn gpu<E: CudaElement>() -> Result<Gpu<E>, String> {
 
 conformance_suite!(cuda_f32, gpu::<f32>);
 conformance_suite!(cuda_f64, gpu::<f64>);
+
+/// PyTorch's 16-bit trajectories (`golden16/README.md`) on the GPU in bf16 and f16: files
+/// rounded once per stored value bitwise, torch's per-op files within the measured tolerance.
+#[test]
+fn golden16_bf16() {
+    profit_conformance::with_harness(gpu::<half::bf16>, |h| {
+        profit_conformance::golden::golden16_all(h);
+    });
+}
+
+#[test]
+fn golden16_f16() {
+    profit_conformance::with_harness(gpu::<half::f16>, |h| {
+        profit_conformance::golden::golden16_all(h);
+    });
+}

@@ -1,9 +1,10 @@
 //! The conformance suite on the ndarray backend, f64 and f32; bf16 and f16 parameters (equal
-//! to `VecBackend` bitwise, golden trajectories within the measured tolerances).
+//! to `VecBackend` bitwise, golden trajectories within the measured tolerances, PyTorch's own
+//! bf16 and f16 trajectories of `golden16/`).
 
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use profit_conformance::golden::{golden_files, replay_with, GoldenCase};
+use profit_conformance::golden::{golden16_all, golden_files, replay_with, GoldenCase};
 use profit_conformance::{conformance_suite, Harness, VecHarness};
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::Element;
@@ -34,6 +35,9 @@ fn accumulated_replays<E: Element>(tol: f64) {
     let mut worst = 0.0f64;
     for f in golden_files().unwrap() {
         let case = GoldenCase::load(&f.path).unwrap();
+        if case.dtype16().is_some() {
+            continue; // a 16-bit file from $PROFIT_GOLDEN_DIR: torch_16bit_replays' kind
+        }
         let edit = |c| ProfitConfig { delta: Delta::Accumulated, ..c };
         let nd =
             replay_with(&Nd::<E>(Default::default()), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
@@ -65,6 +69,37 @@ fn bf16_replays_every_golden_case() {
 #[test]
 fn f16_replays_every_golden_case() {
     accumulated_replays::<f16>(profit_conformance::TOLERANCE_F16);
+}
+
+/// The 16-bit golden files PyTorch made in this element type (`golden16/`), on ndarray and on
+/// `VecBackend`, which must agree bitwise: files rounded once per stored value matched
+/// bitwise, torch's per-op files within the measured tolerance.
+fn torch_16bit_replays<E: Element>() {
+    let nd = golden16_all(&Nd::<E>(Default::default()));
+    let vec = golden16_all(&VecHarness::<E>::default());
+    assert_eq!(nd.len(), vec.len());
+    let mut per_op_worst = 0.0f64;
+    for ((file, rounding, a), (_, _, b)) in nd.iter().zip(&vec) {
+        assert_eq!(a.worst_param.to_bits(), b.worst_param.to_bits(), "{file}: ndarray and VecBackend differ");
+        assert_eq!(a.worst_stats.to_bits(), b.worst_stats.to_bits(), "{file}: ndarray and VecBackend differ");
+        if rounding == "per_op" {
+            per_op_worst = per_op_worst.max(a.worst_param);
+        }
+    }
+    let kinds = |r: &str| nd.iter().filter(|(_, k, _)| k == r).count();
+    assert!(kinds("once") > 0 && kinds("per_op") > 0, "{}: both kinds of file must be present", E::DTYPE);
+    // Torch's per-op rounding is not this library's: the per-op files must show it.
+    assert!(per_op_worst > 0.0, "{}: no difference from torch's per-op rounding seen", E::DTYPE);
+}
+
+#[test]
+fn bf16_replays_torch_bf16_trajectories() {
+    torch_16bit_replays::<bf16>();
+}
+
+#[test]
+fn f16_replays_torch_f16_trajectories() {
+    torch_16bit_replays::<f16>();
 }
 
 /// A reference update below half the spacing of every weight rounds away: the realized delta

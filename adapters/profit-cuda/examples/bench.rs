@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p profit-cuda --example bench -- [--sizes 16M,256M] [--tensors 1,1000]
-//!     [--reps 20] [--warmup 3] [--require-gpu]
+//!     [--dtypes f32,bf16] [--reps 20] [--warmup 3] [--require-gpu]
 //! ```
 //!
 //! Times (CUDA events on the backend's stream, median of `--reps` after `--warmup`):
@@ -13,6 +13,11 @@
 //!   also reads `g` once for `|g|^2`): 64 B/param;
 //! - `adam fused`: one plain Adam step as one fused pass (`TensorOps::apply_all`): 28 B/param;
 //! - `adam (Plain)`: `profit_core::Plain` Adam, which checks the gradient first: 32 B/param;
+//! - with `bf16` in `--dtypes` (default): the same in `half::bf16` (parameters, gradients,
+//!   anchor, delta and moments stored in 16 bits, math in f32): `profit cycle, realized, bf16`
+//!   and `profit cycle, accumulated, bf16` (30 B/param, half the f32 floor) and `adam fused,
+//!   bf16` (14 B/param); the bytes are counted in bf16, so `% of copy` compares each row's own
+//!   traffic with the copy bandwidth;
 //!
 //! against the device-to-device copy bandwidth measured on the same card (`cuMemcpyDtoD`,
 //! read + write counted). Prints a markdown table. Without a CUDA device it says so and exits
@@ -27,13 +32,14 @@ use profit_core::{
     Adam, Delta, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit, ProfitConfig, Sgd, TensorOps,
     TensorState,
 };
-use profit_cuda::{Cuda, CudaBackend, CudaTensor};
-
-type E = f32;
+use profit_core::{Dtype, Real};
+use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 
 struct Args {
     sizes: Vec<usize>,
     tensors: Vec<usize>,
+    /// `f32` and/or `bf16`.
+    dtypes: Vec<String>,
     reps: usize,
     warmup: usize,
     require_gpu: bool,
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         sizes: vec![16 << 20, 256 << 20],
         tensors: vec![1, 1000],
+        dtypes: vec!["f32".into(), "bf16".into()],
         reps: 20,
         warmup: 3,
         require_gpu: false,
@@ -64,11 +71,19 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--sizes" => a.sizes = value()?.split(',').map(parse_count).collect::<Result<_, _>>()?,
             "--tensors" => a.tensors = value()?.split(',').map(parse_count).collect::<Result<_, _>>()?,
+            "--dtypes" => {
+                a.dtypes = value()?.split(',').map(|d| d.trim().to_string()).collect();
+                if let Some(bad) = a.dtypes.iter().find(|d| !["f32", "bf16"].contains(&d.as_str())) {
+                    return Err(format!("unknown dtype `{bad}` (f32, bf16)"));
+                }
+            }
             "--reps" => a.reps = parse_count(&value()?)?.max(1),
             "--warmup" => a.warmup = parse_count(&value()?)?,
             "--require-gpu" => a.require_gpu = true,
             "-h" | "--help" => {
-                println!("usage: bench [--sizes 16M,256M] [--tensors 1,1000] [--reps 20] [--warmup 3] [--require-gpu]");
+                println!(
+                    "usage: bench [--sizes 16M,256M] [--tensors 1,1000] [--dtypes f32,bf16] [--reps 20] [--warmup 3] [--require-gpu]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`")),
@@ -114,7 +129,7 @@ fn split(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| n / k + usize::from(i < n % k)).collect()
 }
 
-fn upload_all(gpu: &CudaBackend, lens: &[usize], pattern: &[E]) -> Res<Vec<CudaTensor<E>>> {
+fn upload_all<E: CudaElement>(gpu: &CudaBackend, lens: &[usize], pattern: &[E]) -> Res<Vec<CudaTensor<E>>> {
     let mut off = 0;
     lens.iter()
         .map(|&n| {
@@ -126,7 +141,7 @@ fn upload_all(gpu: &CudaBackend, lens: &[usize], pattern: &[E]) -> Res<Vec<CudaT
 }
 
 struct Row {
-    what: &'static str,
+    what: String,
     n: usize,
     tensors: usize,
     ms: f64,
@@ -134,7 +149,10 @@ struct Row {
     batches: f64,
 }
 
-fn bench_config(
+/// The rows of one size and tensor count in element type `E`: for f32 those of the module docs;
+/// for a 16-bit type the two unchecked PROFIT cycles and fused Adam, labelled with the type
+/// and their floor bytes scaled to its size.
+fn bench_config<E: CudaElement>(
     gpu: &CudaBackend,
     args: &Args,
     n: usize,
@@ -142,16 +160,22 @@ fn bench_config(
     pattern: &[E],
     rows: &mut Vec<Row>,
 ) -> Res<()> {
+    let full = E::DTYPE == Dtype::F32;
+    let suffix = if full { String::new() } else { format!(", {}", E::DTYPE) };
     let (ctx, stream) = (gpu.context(), gpu.stream());
     let lens = split(n, k);
     let sgd = Sgd { lr: 1e-5, ..Default::default() };
     let adam = Adam { lr: 1e-3, ..Default::default() };
+    // The floors of ALGORITHM.md, section 7, are counted for 4-byte elements.
+    let scale = std::mem::size_of::<E>() as f64 / 4.0;
+    let label = |what: &str| format!("{what}{suffix}");
 
-    for (what, policy, delta, bytes) in [
+    let cycles = [
         ("profit cycle, realized", NonFinitePolicy::Propagate, Delta::Realized, 60.0),
         ("profit cycle, accumulated", NonFinitePolicy::Propagate, Delta::Accumulated, 60.0),
         ("profit cycle, realized, checked", NonFinitePolicy::Error, Delta::Realized, 64.0),
-    ] {
+    ];
+    for (what, policy, delta, bytes) in cycles.into_iter().take(if full { 3 } else { 2 }) {
         let mut params = upload_all(gpu, &lens, pattern)?;
         let grads = upload_all(gpu, &lens, pattern)?;
         let config = ProfitConfig { non_finite: policy, delta, ..ProfitConfig::new(sgd, adam) };
@@ -163,7 +187,7 @@ fn bench_config(
             opt.step(&mut pr, &gr).map_err(s)?;
             Ok(())
         })?;
-        rows.push(Row { what, n, tensors: k, ms, bytes_per_param: bytes, batches: 2.0 });
+        rows.push(Row { what: label(what), n, tensors: k, ms, bytes_per_param: bytes * scale, batches: 2.0 });
     }
 
     {
@@ -187,10 +211,10 @@ fn bench_config(
         let mut kernels = vec![
             Kernel {
                 pass: Pass::Plain,
-                rule: inner.rule::<E>(1, adam.lr, 0.0),
-                grad_scale: 1.0,
-                proj: 0.0,
-                delta_scale: 1.0,
+                rule: inner.rule::<E::Real>(1, adam.lr, 0.0),
+                grad_scale: <E::Real as Real>::from_f64(1.0),
+                proj: Default::default(),
+                delta_scale: <E::Real as Real>::from_f64(1.0),
             };
             k
         ];
@@ -200,11 +224,21 @@ fn bench_config(
         let mut step = 0u64;
         let ms = time_ms(ctx, stream, args.warmup, args.reps, || {
             step += 1;
-            let rule = inner.rule::<E>(step, adam.lr, 0.0);
+            let rule = inner.rule::<E::Real>(step, adam.lr, 0.0);
             kernels.iter_mut().for_each(|kk| kk.rule = rule);
             Cuda::<E>::apply_all(&active, &kernels, &mut pr, &gr, &mut states).map_err(s)
         })?;
-        rows.push(Row { what: "adam fused", n, tensors: k, ms, bytes_per_param: 28.0, batches: 1.0 });
+        rows.push(Row {
+            what: label("adam fused"),
+            n,
+            tensors: k,
+            ms,
+            bytes_per_param: 28.0 * scale,
+            batches: 1.0,
+        });
+    }
+    if !full {
+        return Ok(());
     }
 
     {
@@ -216,7 +250,7 @@ fn bench_config(
         let ms =
             time_ms(ctx, stream, args.warmup, args.reps, || opt.step(&mut pr, &gr).map(|_| ()).map_err(s))?;
         rows.push(Row {
-            what: "adam (Plain, checked)",
+            what: label("adam (Plain, checked)"),
             n,
             tensors: k,
             ms,
@@ -228,6 +262,7 @@ fn bench_config(
 }
 
 fn copy_bandwidth(gpu: &CudaBackend, args: &Args, n: usize) -> Res<f64> {
+    type E = f32;
     let stream = gpu.stream();
     let src = stream.alloc_zeros::<E>(n).map_err(s)?;
     let mut dst = stream.alloc_zeros::<E>(n).map_err(s)?;
@@ -247,21 +282,38 @@ fn label(n: usize) -> String {
 
 fn run(args: &Args, gpu: &CudaBackend) -> Res<()> {
     println!(
-        "device: {} ({} SMs), kernels from {:?} PTX, f32, median of {} reps after {} warm-up",
+        "device: {} ({} SMs), kernels from {:?} PTX, {}, median of {} reps after {} warm-up",
         gpu.device_name(),
         gpu.sm_count(),
         gpu.ptx_source(),
+        args.dtypes.join(" + "),
         args.reps,
         args.warmup
     );
     let max = args.sizes.iter().copied().max().unwrap_or(0);
     let copy = copy_bandwidth(gpu, args, max)?;
     println!("device-to-device copy bandwidth ({}, read + write): {copy:.0} GB/s\n", label(max));
-    let pattern: Vec<E> = (0..max).map(|i| ((i % 1999) as E - 999.0) * 1e-3).collect();
+    let value = |i: usize| ((i % 1999) as f32 - 999.0) * 1e-3;
     let mut rows = vec![];
-    for &n in &args.sizes {
-        for &k in &args.tensors {
-            bench_config(gpu, args, n, k, &pattern[..n], &mut rows)?;
+    for dtype in &args.dtypes {
+        // One dtype's pattern at a time (the f32 one is 1 GiB of host memory at 256M).
+        match dtype.as_str() {
+            "f32" => {
+                let pattern: Vec<f32> = (0..max).map(value).collect();
+                for &n in &args.sizes {
+                    for &k in &args.tensors {
+                        bench_config(gpu, args, n, k, &pattern[..n], &mut rows)?;
+                    }
+                }
+            }
+            _ => {
+                let pattern: Vec<half::bf16> = (0..max).map(|i| half::bf16::from_f32(value(i))).collect();
+                for &n in &args.sizes {
+                    for &k in &args.tensors {
+                        bench_config(gpu, args, n, k, &pattern[..n], &mut rows)?;
+                    }
+                }
+            }
         }
     }
     println!("| what | params | tensors | ms per call | ms per batch | B/param | GB/s | % of copy |");
