@@ -11,6 +11,9 @@
 //!   (reference 20, reductions 8, project + restore + Adam 32);
 //! - `profit cycle, checked`: the same with the default non-finite check (the reference call
 //!   also reads `g` once for `|g|^2`): 64 B/param;
+//! - `..., host-decided`: the same cycles with `CudaBackend::set_decide_on_device(false)`: the
+//!   host waits for each call's reductions, decides, then launches the update (the rows
+//!   without it decide on the device and wait once per call, at its end);
 //! - `adam fused`: one plain Adam step as one fused pass (`TensorOps::apply_all`): 28 B/param;
 //! - `adam (Plain)`: `profit_core::Plain` Adam, which checks the gradient first: 32 B/param;
 //! - with `bf16` in `--dtypes` (default): the same in `half::bf16` (parameters, gradients,
@@ -170,12 +173,24 @@ fn bench_config<E: CudaElement>(
     let scale = std::mem::size_of::<E>() as f64 / 4.0;
     let label = |what: &str| format!("{what}{suffix}");
 
+    // The last two: the same cycles with every call decided by the core on the host (the host
+    // waits for the reductions before it launches the update), to measure what deciding on the
+    // device saves.
     let cycles = [
-        ("profit cycle, realized", NonFinitePolicy::Propagate, Delta::Realized, 60.0),
-        ("profit cycle, accumulated", NonFinitePolicy::Propagate, Delta::Accumulated, 60.0),
-        ("profit cycle, realized, checked", NonFinitePolicy::Error, Delta::Realized, 64.0),
+        ("profit cycle, realized", NonFinitePolicy::Propagate, Delta::Realized, 60.0, true),
+        ("profit cycle, accumulated", NonFinitePolicy::Propagate, Delta::Accumulated, 60.0, true),
+        ("profit cycle, realized, checked", NonFinitePolicy::Error, Delta::Realized, 64.0, true),
+        ("profit cycle, realized, host-decided", NonFinitePolicy::Propagate, Delta::Realized, 60.0, false),
+        (
+            "profit cycle, realized, checked, host-decided",
+            NonFinitePolicy::Error,
+            Delta::Realized,
+            64.0,
+            false,
+        ),
     ];
-    for (what, policy, delta, bytes) in cycles.into_iter().take(if full { 3 } else { 2 }) {
+    for (what, policy, delta, bytes, on_device) in cycles.into_iter().take(if full { 5 } else { 2 }) {
+        gpu.set_decide_on_device(on_device);
         let mut params = upload_all(gpu, &lens, pattern)?;
         let grads = upload_all(gpu, &lens, pattern)?;
         let config = ProfitConfig { non_finite: policy, delta, ..ProfitConfig::new(sgd, adam) };
@@ -189,6 +204,7 @@ fn bench_config<E: CudaElement>(
         })?;
         rows.push(Row { what: label(what), n, tensors: k, ms, bytes_per_param: bytes * scale, batches: 2.0 });
     }
+    gpu.set_decide_on_device(true);
 
     {
         let mut params = upload_all(gpu, &lens, pattern)?;
