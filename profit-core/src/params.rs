@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Kernel, Reduction, TensorOps, TensorState};
+use crate::backend::{Decision, Kernel, Reduction, TensorOps, TensorState, Verdict};
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
 use crate::optim::check_lr;
@@ -189,6 +189,38 @@ impl<B: TensorOps> Registry<B> {
             }
         }
         Ok(())
+    }
+
+    /// A call's reductions and decision, and its update where the backend decides where its
+    /// data lives ([`TensorOps::reduce_decide_apply`], only when `on_device`). Otherwise
+    /// `reduce_all` (with the states at main calls), `combine` (a shard's all-reduce), then
+    /// [`Decision::evaluate`]. Returns the verdict and whether the update has run.
+    pub fn reduce_and_decide(
+        &mut self,
+        decision: &Decision,
+        params: &mut [&mut B::Tensor],
+        grads: &[&B::Tensor],
+        on_device: bool,
+        combine: impl FnOnce(&mut [Reduction]) -> Result<()>,
+    ) -> Result<(Verdict, bool)> {
+        if on_device {
+            let done = B::reduce_decide_apply(
+                decision,
+                &self.active,
+                &mut self.kernels,
+                params,
+                grads,
+                &mut self.states,
+                &mut self.reductions,
+            )?;
+            if let Some(v) = done {
+                return Ok((v, true));
+            }
+        }
+        let states = decision.projection.is_some().then_some(&self.states[..]);
+        B::reduce_all(&self.active, params, states, grads, &mut self.reductions)?;
+        combine(&mut self.reductions)?;
+        Ok((decision.evaluate(&self.active, &self.reductions, &mut self.kernels), false))
     }
 
     /// Parameters (elements) of trainable tensors.

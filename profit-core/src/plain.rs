@@ -78,23 +78,8 @@ impl<B: TensorOps> Plain<B> {
         let reg = &mut self.reg;
         let mut applied = false;
         if decision.check_finite {
-            let on_device = B::reduce_decide_apply(
-                &decision,
-                &reg.active,
-                &mut reg.kernels,
-                params,
-                grads,
-                &mut reg.states,
-                &mut reg.reductions,
-            )?;
-            applied = on_device.is_some();
-            let verdict = match on_device {
-                Some(v) => v,
-                None => {
-                    B::reduce_all(&reg.active, params, None, grads, &mut reg.reductions)?;
-                    decision.evaluate(&reg.active, &reg.reductions, &mut reg.kernels)
-                }
-            };
+            let verdict;
+            (verdict, applied) = reg.reduce_and_decide(&decision, params, grads, true, |_| Ok(()))?;
             if let Verdict::NonFinite { tensor } = verdict {
                 if self.non_finite == NonFinitePolicy::Skip {
                     self.skipped += 1;

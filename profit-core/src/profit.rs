@@ -318,6 +318,22 @@ pub struct Profit<B: TensorOps> {
     sums: Vec<f64>,
 }
 
+/// Sum the per-tensor reductions over the ranks through `sums` (`3 * tensors` values; nothing
+/// when empty: single-process).
+fn all_reduce(sums: &mut [f64], collective: &mut dyn Collective, reductions: &mut [Reduction]) -> Result<()> {
+    if sums.is_empty() {
+        return Ok(());
+    }
+    for (s, r) in sums.chunks_exact_mut(3).zip(reductions.iter()) {
+        s.copy_from_slice(&[r.omega, r.delta_sq, r.grad_sq]);
+    }
+    collective.all_reduce_sum(sums)?;
+    for (s, r) in sums.chunks_exact(3).zip(reductions.iter_mut()) {
+        *r = Reduction { omega: s[0], delta_sq: s[1], grad_sq: s[2] };
+    }
+    Ok(())
+}
+
 /// Reference calls among the first `calls` counted calls of a run with this configuration.
 pub(crate) fn reference_calls(config: &ProfitConfig, calls: u64) -> u64 {
     let n = config.n_ref;
@@ -413,21 +429,6 @@ impl<B: TensorOps> Profit<B> {
     /// Ranks in the run (`1` single-process).
     pub fn world_size(&self) -> usize {
         self.collective.world_size()
-    }
-
-    /// Sum the per-tensor reductions over the ranks (nothing single-process).
-    fn all_reduce(&mut self) -> Result<()> {
-        if self.sums.is_empty() {
-            return Ok(());
-        }
-        for (s, r) in self.sums.chunks_exact_mut(3).zip(&self.reg.reductions) {
-            s.copy_from_slice(&[r.omega, r.delta_sq, r.grad_sq]);
-        }
-        self.collective.all_reduce_sum(&mut self.sums)?;
-        for (s, r) in self.sums.chunks_exact(3).zip(&mut self.reg.reductions) {
-            *r = Reduction { omega: s[0], delta_sq: s[1], grad_sq: s[2] };
-        }
-        Ok(())
     }
 
     /// What the next call will do (warm-up, reference or main).
@@ -539,29 +540,10 @@ impl<B: TensorOps> Profit<B> {
             )?;
             report = Some(self.main_report(scale));
         } else if main || need_pre {
-            let reg = &mut self.reg;
-            let on_device = match single {
-                true => B::reduce_decide_apply(
-                    &decision,
-                    &reg.active,
-                    &mut reg.kernels,
-                    params,
-                    grads,
-                    &mut reg.states,
-                    &mut reg.reductions,
-                )?,
-                false => None,
-            };
-            let verdict = match on_device {
-                Some(v) => v,
-                None => {
-                    let states = main.then_some(&reg.states[..]);
-                    B::reduce_all(&reg.active, params, states, grads, &mut reg.reductions)?;
-                    self.all_reduce()?;
-                    let reg = &mut self.reg;
-                    decision.evaluate(&reg.active, &reg.reductions, &mut reg.kernels)
-                }
-            };
+            let (sums, collective) = (&mut self.sums, &mut self.collective);
+            let (verdict, applied) = self.reg.reduce_and_decide(&decision, params, grads, single, |r| {
+                all_reduce(sums, collective.as_mut(), r)
+            })?;
             match verdict {
                 Verdict::Apply => {}
                 Verdict::NonFinite { tensor } => {
@@ -584,7 +566,7 @@ impl<B: TensorOps> Profit<B> {
             if main {
                 report = Some(self.main_report(scale));
             }
-            if on_device.is_none() {
+            if !applied {
                 B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
             }
         } else {
