@@ -39,8 +39,10 @@ fn ptr<E>(dev: &Device, t: &CudaTensor<E>) -> u64 {
     p
 }
 
-/// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags.
-fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u32) {
+/// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags;
+/// [`BackendError::Unsupported`] for a rule the kernels do not have (the external main
+/// optimizer's gradient capture).
+fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> Result<(usize, [E::Real; SC_STRIDE], u32), BackendError> {
     let mut v = [E::Real::default(); SC_STRIDE];
     v[0] = k.grad_scale;
     v[1] = k.proj;
@@ -49,7 +51,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
         Rule::Sgd(r) => {
             v[2] = r.lr;
             v[3] = r.weight_decay;
-            (0, v, 0)
+            Ok((0, v, 0))
         }
         Rule::SgdMomentum(r) => {
             v[2] = r.lr;
@@ -57,7 +59,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[4] = r.momentum;
             v[5] = r.one_minus_dampening;
             let flags = if r.nesterov { F_NESTEROV } else { 0 } | if r.first { F_FIRST } else { 0 };
-            (1, v, flags)
+            Ok((1, v, flags))
         }
         Rule::Adam(r) => {
             v[2] = r.l2;
@@ -68,7 +70,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[7] = r.bias_correction2_sqrt;
             v[8] = r.step_size;
             v[9] = r.eps;
-            (if r.amsgrad { 3 } else { 2 }, v, 0)
+            Ok((if r.amsgrad { 3 } else { 2 }, v, 0))
         }
         Rule::RmsProp(r) => {
             v[2] = r.lr;
@@ -79,8 +81,11 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[7] = r.eps;
             v[8] = r.momentum;
             let flags = if r.centered { F_CENTERED } else { 0 } | if r.use_momentum { F_MOMENTUM } else { 0 };
-            (4, v, flags)
+            Ok((4, v, flags))
         }
+        Rule::Capture => Err(BackendError::Unsupported(
+            "an external main optimizer (gradient capture) on CUDA: use a host backend".into(),
+        )),
     }
 }
 
@@ -152,7 +157,7 @@ fn apply_all<E: CudaElement>(
         if len == 0 {
             continue;
         }
-        let rule = scalar_set(k).0;
+        let rule = scalar_set(k)?.0;
         s.entries.push(((pass * kernels::RULES.len() + rule) as u16, i as u32));
     }
     if s.entries.is_empty() {
@@ -175,7 +180,7 @@ fn apply_all<E: CudaElement>(
             group_variant = variant;
             blocks = 0;
         }
-        let (_, set, flags) = scalar_set(&kernels[i]);
+        let (_, set, flags) = scalar_set(&kernels[i])?;
         let at = s.bytes.len();
         for x in set {
             E::put_scalar(x, &mut s.bytes);
@@ -465,4 +470,20 @@ fn launch_reductions<E: CudaElement>(
     s.out_host.resize(3 * nt, 0.0);
     dev.stream.memcpy_dtoh(&out_dev.slice(0..3 * nt), &mut s.out_host[..]).map_err(driver_err)?;
     dev.stream.synchronize().map_err(driver_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels have no gradient-capture rule: its scalar set is refused with a typed error
+    /// (checked before any launch, so nothing changes), the other rules get theirs.
+    #[test]
+    fn capture_rule_is_unsupported() {
+        let capture = Kernel::<f32> { rule: Rule::Capture, ..Kernel::idle() };
+        assert!(matches!(scalar_set(&capture), Err(BackendError::Unsupported(_))));
+        let capture = Kernel::<f64> { rule: Rule::Capture, ..Kernel::idle() };
+        assert!(matches!(scalar_set(&capture), Err(BackendError::Unsupported(_))));
+        assert!(scalar_set(&Kernel::<f32>::idle()).is_ok());
+    }
 }
