@@ -8,7 +8,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use profit_burn::{BurnProfit, BurnProfitError};
-use profit_core::{Adam, Delta, External, InnerConfig, LoadOptions, Phase, ProfitConfig, ProfitError, SaveOptions, Sgd};
+use profit_core::{
+    Adam, Delta, External, InnerConfig, LoadOptions, Phase, ProfitConfig, ProfitError, SaveOptions, Sgd,
+};
 
 #[derive(Module, Debug)]
 struct Net {
@@ -51,7 +53,12 @@ impl Net {
         GradientsParams::from_grads(self.loss(step, device).backward(), self)
     }
     fn ids(&self) -> Vec<burn::module::ParamId> {
-        vec![self.a.weight.id, self.a.bias.as_ref().unwrap().id, self.b.weight.id, self.b.bias.as_ref().unwrap().id]
+        vec![
+            self.a.weight.id,
+            self.a.bias.as_ref().unwrap().id,
+            self.b.weight.id,
+            self.b.bias.as_ref().unwrap().id,
+        ]
     }
 }
 
@@ -63,7 +70,13 @@ impl burn::module::ModuleMapper for Nudge {
         let (id, t, mapper) = param.consume();
         let device = t.device();
         let shape = t.dims();
-        let v: Vec<f32> = t.into_data().as_slice::<f32>().unwrap().iter().map(|x| f32::from_bits(x.to_bits() + 1)).collect();
+        let v: Vec<f32> = t
+            .into_data()
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| f32::from_bits(x.to_bits() + 1))
+            .collect();
         let t = Tensor::<D>::from_data(TensorData::new(v, shape), &device).require_grad();
         Param::from_mapped_value(id, t, mapper)
     }
@@ -197,7 +210,9 @@ fn burn_adam_main_follows_profit_core_adam() {
     let a = run(&mut x, model.clone(), 0, 40, &device);
     let b = run(&mut y, nudged, 0, 40, &device);
     let (rel, _) = rel_diff(&b, &a, 0.1);
-    println!("adam, realized delta, profit-core alone from weights 1 ulp apart, 40 calls: max rel diff {rel:.3e}");
+    println!(
+        "adam, realized delta, profit-core alone from weights 1 ulp apart, 40 calls: max rel diff {rel:.3e}"
+    );
     assert!(worst_realized <= 10.0 * rel, "{worst_realized:e} against {rel:e}");
     let config = ProfitConfig { delta: Delta::Accumulated, ..profit_config(adam) };
     let mut core = BurnProfit::new(&model, config).unwrap();
@@ -251,13 +266,20 @@ fn the_projected_gradient_reaches_burn() {
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            let t = if i % 2 == 0 { g2.get::<2>(id).unwrap().into_data() } else { g2.get::<1>(id).unwrap().into_data() };
+            let t = if i % 2 == 0 {
+                g2.get::<2>(id).unwrap().into_data()
+            } else {
+                g2.get::<1>(id).unwrap().into_data()
+            };
             t.as_slice::<f32>().unwrap().iter().map(|&x| x as f64).collect()
         })
         .collect();
     let (p0, p1) = (values(&anchor), values(&displaced));
-    let delta: Vec<Vec<f64>> =
-        p0.iter().zip(&p1).map(|(a, b)| a.iter().zip(b).map(|(a, b)| *b as f64 - *a as f64).collect()).collect();
+    let delta: Vec<Vec<f64>> = p0
+        .iter()
+        .zip(&p1)
+        .map(|(a, b)| a.iter().zip(b).map(|(a, b)| *b as f64 - *a as f64).collect())
+        .collect();
     let omega: f64 = delta.iter().flatten().zip(g.iter().flatten()).map(|(d, g)| d * g).sum();
     let dd: f64 = delta.iter().flatten().map(|d| d * d).sum();
     let gg: f64 = g.iter().flatten().map(|g| g * g).sum();
@@ -374,7 +396,10 @@ fn main_optimizer_and_config_must_agree() {
     let before = bits(&model);
     let grads = model.grads(0, &device);
     let model = opt.step(-1.0, model, grads);
-    assert!(matches!(opt.last_error(), Some(BurnProfitError::Profit(ProfitError::InvalidHyperparameter { .. }))));
+    assert!(matches!(
+        opt.last_error(),
+        Some(BurnProfitError::Profit(ProfitError::InvalidHyperparameter { .. }))
+    ));
     assert_eq!(bits(&model), before);
     assert_eq!(opt.calls(), 0);
     assert!(opt.main_optimizer().unwrap().to_record().is_empty());
@@ -395,7 +420,8 @@ fn resume_from_checkpoint_and_burn_record() {
         assert!(!record.is_empty());
         let burn = AdamConfig::new().init().load_record(record);
         let mut y = BurnProfit::with_main_optimizer(&a, config, burn).unwrap();
-        let b = y.load_checkpoint(&profit_state, a.clone(), LoadOptions::default()).map_err(|f| f.error).unwrap();
+        let b =
+            y.load_checkpoint(&profit_state, a.clone(), LoadOptions::default()).map_err(|f| f.error).unwrap();
         assert_eq!(y.calls(), split as u64);
         let a = run(&mut x, a, split, 6, &device);
         let b = run(&mut y, b, split, 6, &device);

@@ -30,7 +30,12 @@ fn external(lr_ref: f64, lr: f64) -> ProfitConfig {
 /// The hand computation of a main call's gradient in f64 from the f32 weights: `delta =
 /// theta' - anchor` (exact in f64), `omega = <delta, g>`, `g - omega / |delta|^2 * delta` when
 /// `omega < 0`, over all tensors (global projection) or each tensor alone.
-fn hand_projection(anchor: &[Vec<f32>], displaced: &[Vec<f32>], g: &[Vec<f32>], global: bool) -> Vec<Vec<f64>> {
+fn hand_projection(
+    anchor: &[Vec<f32>],
+    displaced: &[Vec<f32>],
+    g: &[Vec<f32>],
+    global: bool,
+) -> Vec<Vec<f64>> {
     let delta: Vec<Vec<f64>> = anchor
         .iter()
         .zip(displaced)
@@ -73,10 +78,12 @@ fn main_call_restores_and_captures_the_projected_gradient() {
         let global = projection == Projection::Global;
         let config = ProfitConfig { projection, non_finite: policy, ..external(1e-2, 1e-1) };
         let sizes = [37usize, 5];
-        let mut w: Vec<VecTensor<f32>> = sizes.iter().enumerate().map(|(i, &n)| t32(&values(n, i as u64))).collect();
+        let mut w: Vec<VecTensor<f32>> =
+            sizes.iter().enumerate().map(|(i, &n)| t32(&values(n, i as u64))).collect();
         let w0: Vec<Vec<f32>> = w.iter().map(|t| t.data.clone()).collect();
         let mut opt = Profit::<VecBackend<f32>>::new(config, &w.iter().collect::<Vec<_>>()).unwrap();
-        let g1: Vec<VecTensor<f32>> = sizes.iter().enumerate().map(|(i, &n)| t32(&values(n, 10 + i as u64))).collect();
+        let g1: Vec<VecTensor<f32>> =
+            sizes.iter().enumerate().map(|(i, &n)| t32(&values(n, 10 + i as u64))).collect();
         let r = opt.step(&mut w.iter_mut().collect::<Vec<_>>(), &g1.iter().collect::<Vec<_>>()).unwrap();
         assert_eq!(r.phase, Phase::Reference);
         // A reference call leaves the captured gradient alone (zero since the build).
@@ -252,13 +259,14 @@ impl TensorOps for Slow {
 #[test]
 fn slow_path_equals_fused_loops() {
     for projection in [Projection::Global, Projection::PerTensor] {
-        let config = ProfitConfig { projection, warmup_steps: 1, max_grad_norm: Some(2.0), ..external(1e-2, 1e-1) };
+        let config =
+            ProfitConfig { projection, warmup_steps: 1, max_grad_norm: Some(2.0), ..external(1e-2, 1e-1) };
         let mut wf = vec![t32(&values(40, 1)), t32(&values(3, 2))];
         let mut ws = wf.clone();
         let mut f = Profit::<VecBackend<f32>>::new(config, &wf.iter().collect::<Vec<_>>()).unwrap();
         let mut s = Profit::<Slow>::new(config, &ws.iter().collect::<Vec<_>>()).unwrap();
         for k in 0..7u64 {
-            let g = vec![t32(&values(40, 50 + k)), t32(&values(3, 60 + k))];
+            let g = [t32(&values(40, 50 + k)), t32(&values(3, 60 + k))];
             let gr: Vec<&VecTensor<f32>> = g.iter().collect();
             let rf = f.step(&mut wf.iter_mut().collect::<Vec<_>>(), &gr).unwrap();
             let rs = s.step(&mut ws.iter_mut().collect::<Vec<_>>(), &gr).unwrap();
