@@ -5,7 +5,8 @@
 //! before any weight may change, so [`BurnProfit`] is a module-level optimizer in the manner of
 //! burn's own `LBFGS`: `step(lr, module, grads) -> module`. Every inner optimizer of
 //! `profit-core` (SGD, Adam, AdamW, RMSprop, PyTorch's formulas, checked against the golden
-//! trajectories) serves as reference and main optimizer.
+//! trajectories) serves as reference and main optimizer; burn's own optimizers can be the main
+//! optimizer too ([below](#burns-own-optimizer-as-the-main-optimizer)).
 //!
 //! ```
 //! use burn::module::Module;
