@@ -22,7 +22,7 @@ export LD_LIBRARY_PATH="$EMU${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 
-cargo test --release -p profit-cuda --test gpu -- --nocapture 2>&1 | tee "$LOG"
+cargo test --release -p profit-cuda --test gpu --test external -- --nocapture 2>&1 | tee "$LOG"
 if [ "${1:-}" != "--quick" ]; then
     cargo test --release -p profit-conformance --test cuda -- --nocapture 2>&1 | tee -a "$LOG"
 fi

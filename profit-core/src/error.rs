@@ -12,6 +12,10 @@ pub enum BackendError {
     /// The backend is not available on this machine (no GPU, no driver, ...).
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend does not implement what the step asks for (e.g. the external main
+    /// optimizer's gradient capture on CUDA).
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
     /// Any other backend failure (a failed kernel launch, a copy, an allocation).
     #[error("backend failure: {0}")]
     Device(String),

@@ -66,7 +66,7 @@ pub use checkpoint::{LoadOptions, SaveOptions};
 pub use collective::{Collective, SingleProcess, ThreadCollective};
 pub use element::{Dtype, Element, Real};
 pub use error::{BackendError, ProfitError, Result};
-pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Rule, Sgd};
+pub use optim::{Adam, AdamW, External, InnerConfig, RmsProp, Rule, Sgd};
 pub use params::{GroupOptions, GroupState, ParamGroup};
 pub use plain::Plain;
 pub use profit::{

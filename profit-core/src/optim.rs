@@ -124,6 +124,34 @@ impl Default for RmsProp {
     }
 }
 
+/// A main optimizer that lives outside profit-core (a framework's own optimizer, such as burn's
+/// `Adam`): PROFIT takes the reference steps, restores the anchor and projects the gradient as
+/// usual, and instead of applying a main rule it leaves the weights where they are (restored
+/// to the anchor at main calls, unchanged at warm-up calls) and keeps the gradient the main
+/// optimizer must use in one state slot per tensor, `grad` ([`Profit::captured_grad`]): the
+/// clipped and projected gradient `s * g - c * delta`. The caller then steps the weights with
+/// its optimizer and that gradient.
+///
+/// Only PROFIT's main optimizer can be external: as the reference optimizer, or alone in
+/// [`Plain`](crate::Plain), it is refused with [`ProfitError::InvalidConfig`].
+///
+/// [`Profit::captured_grad`]: crate::Profit::captured_grad
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct External {
+    /// The learning rate the external optimizer is called with (default `1e-3`). PROFIT does
+    /// not apply it; it sets the reference rate through `lr_main / lr_ref`
+    /// ([`LrCoupling`](crate::LrCoupling)) and is what [`Profit::lr`](crate::Profit::lr)
+    /// and the schedules move.
+    pub lr: f64,
+}
+
+impl Default for External {
+    fn default() -> Self {
+        External { lr: 1e-3 }
+    }
+}
+
 /// Any inner optimizer: PROFIT's reference optimizer `O_ref` or its main optimizer `O`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -136,6 +164,9 @@ pub enum InnerConfig {
     AdamW(AdamW),
     /// `torch.optim.RMSprop`.
     RmsProp(RmsProp),
+    /// A main optimizer outside profit-core: PROFIT captures the projected gradient for it
+    /// (main optimizer only; see [`External`]).
+    External(External),
 }
 
 impl From<Sgd> for InnerConfig {
@@ -156,6 +187,11 @@ impl From<AdamW> for InnerConfig {
 impl From<RmsProp> for InnerConfig {
     fn from(c: RmsProp) -> Self {
         InnerConfig::RmsProp(c)
+    }
+}
+impl From<External> for InnerConfig {
+    fn from(c: External) -> Self {
+        InnerConfig::External(c)
     }
 }
 
@@ -181,14 +217,21 @@ fn check_beta(name: &'static str, v: f64) -> Result<()> {
 }
 
 impl InnerConfig {
-    /// PyTorch's name for this optimizer kind (`sgd`, `adam`, `adamw`, `rmsprop`).
+    /// PyTorch's name for this optimizer kind (`sgd`, `adam`, `adamw`, `rmsprop`), or
+    /// `external`.
     pub fn kind(&self) -> &'static str {
         match self {
             InnerConfig::Sgd(_) => "sgd",
             InnerConfig::Adam(_) => "adam",
             InnerConfig::AdamW(_) => "adamw",
             InnerConfig::RmsProp(_) => "rmsprop",
+            InnerConfig::External(_) => "external",
         }
+    }
+
+    /// Whether this is an [`External`] main optimizer (PROFIT captures the gradient for it).
+    pub fn is_external(&self) -> bool {
+        matches!(self, InnerConfig::External(_))
     }
 
     /// Validate the hyperparameters with PyTorch's rules.
@@ -224,6 +267,7 @@ impl InnerConfig {
                 check_nonneg("weight_decay", c.weight_decay)?;
                 check_nonneg("momentum", c.momentum)
             }
+            InnerConfig::External(c) => check_lr("lr", c.lr),
         }
     }
 
@@ -235,6 +279,7 @@ impl InnerConfig {
             InnerConfig::Adam(c) => c.maximize,
             InnerConfig::AdamW(c) => c.maximize,
             InnerConfig::RmsProp(c) => c.maximize,
+            InnerConfig::External(_) => false,
         }
     }
 
@@ -254,16 +299,18 @@ impl InnerConfig {
             InnerConfig::Adam(c) => c.lr,
             InnerConfig::AdamW(c) => c.lr,
             InnerConfig::RmsProp(c) => c.lr,
+            InnerConfig::External(c) => c.lr,
         }
     }
 
-    /// Weight decay.
+    /// Weight decay (`0` for [`External`]: the external optimizer applies its own).
     pub fn weight_decay(&self) -> f64 {
         match self {
             InnerConfig::Sgd(c) => c.weight_decay,
             InnerConfig::Adam(c) => c.weight_decay,
             InnerConfig::AdamW(c) => c.weight_decay,
             InnerConfig::RmsProp(c) => c.weight_decay,
+            InnerConfig::External(_) => 0.0,
         }
     }
 
@@ -274,6 +321,7 @@ impl InnerConfig {
             InnerConfig::Adam(c) => c.lr = lr,
             InnerConfig::AdamW(c) => c.lr = lr,
             InnerConfig::RmsProp(c) => c.lr = lr,
+            InnerConfig::External(c) => c.lr = lr,
         }
         self
     }
@@ -296,6 +344,7 @@ impl InnerConfig {
                 (false, true) => &["square_avg", "momentum_buffer"],
                 (true, true) => &["square_avg", "grad_avg", "momentum_buffer"],
             },
+            InnerConfig::External(_) => &["grad"],
         }
     }
 
@@ -335,6 +384,7 @@ impl InnerConfig {
                 centered: c.centered,
                 use_momentum: c.momentum > 0.0,
             }),
+            InnerConfig::External(_) => Rule::Capture,
         }
     }
 }
@@ -355,6 +405,10 @@ pub enum Rule<E> {
     Adam(AdamRule<E>),
     /// RMSprop, optionally centered and with momentum.
     RmsProp(RmsPropRule<E>),
+    /// [`External`]: no update (`u = -0`, which leaves every value bitwise as it is); the
+    /// gradient as it reaches the rule (scaled and, at main calls, projected) is stored in
+    /// slot 0.
+    Capture,
 }
 
 impl<E> Rule<E> {
@@ -365,6 +419,7 @@ impl<E> Rule<E> {
             Rule::SgdMomentum(_) => 1,
             Rule::Adam(r) => 2 + r.amsgrad as usize,
             Rule::RmsProp(r) => 1 + r.centered as usize + r.use_momentum as usize,
+            Rule::Capture => 1,
         }
     }
 }
@@ -384,8 +439,17 @@ impl<E: Real> Rule<E> {
                 };
                 r.update(p, g, s0, gavg, buf)
             }
+            Rule::Capture => capture(g, s0),
         }
     }
+}
+
+/// [`Rule::Capture`] on one element: store `g` in the slot and return the update `-0`
+/// (`p + -0 == p` bitwise for every `p`, signed zeros included).
+#[inline(always)]
+pub fn capture<E: Real>(g: E, slot: &mut E) -> E {
+    *slot = g;
+    -E::zero()
 }
 
 /// `torch.lerp(start, end, weight)` exactly as PyTorch's CPU kernel evaluates it.

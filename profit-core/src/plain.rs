@@ -29,6 +29,11 @@ impl<B: TensorOps> Plain<B> {
     /// Build over parameter groups (the groups' `ref_lr` is ignored).
     pub fn with_groups(config: InnerConfig, groups: Vec<ParamGroup<'_, B::Tensor>>) -> Result<Self> {
         config.validate()?;
+        if config.is_external() {
+            return Err(ProfitError::InvalidConfig(
+                "an external optimizer captures PROFIT's projected gradient: it can only be PROFIT's main optimizer",
+            ));
+        }
         let base = |o: &GroupOptions| {
             Ok(GroupState {
                 lr: o.lr.unwrap_or(config.lr()),

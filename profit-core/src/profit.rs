@@ -166,6 +166,11 @@ impl ProfitConfig {
     pub fn validate(&self) -> Result<()> {
         self.reference.validate()?;
         self.main.validate()?;
+        if self.reference.is_external() {
+            return Err(ProfitError::InvalidConfig(
+                "an external optimizer can only be the main optimizer: PROFIT takes the reference steps itself",
+            ));
+        }
         if self.n_ref == 0 || self.n_ref > u32::MAX as u64 {
             return Err(ProfitError::InvalidHyperparameter {
                 name: "n_ref",
@@ -797,7 +802,9 @@ impl<B: TensorOps> Profit<B> {
     /// restore) that is one parameter-sized buffer.
     pub fn profit_overhead_bytes(&self) -> usize {
         let per = self.reg.trainable_elements() * B::Elem::DTYPE.size();
+        // An external main optimizer's `grad` slot is held here, beside that optimizer's state.
         let buffers = self.config.reference.slots()
+            + self.config.main.is_external() as usize
             + (self.config.delta == Delta::Accumulated) as usize
             + (self.config.restore == Restore::Anchor) as usize;
         per * buffers
@@ -806,6 +813,18 @@ impl<B: TensorOps> Profit<B> {
     /// The anchor of tensor `i` (absent with [`Restore::Subtract`] or for frozen tensors).
     pub fn anchor(&self, i: usize) -> Option<&B::Tensor> {
         self.reg.states.get(i)?.anchor.as_ref()
+    }
+
+    /// With an [`External`](crate::optim::External) main optimizer: the gradient it must use
+    /// for tensor `i`, captured by the last warm-up or main call (`s * g` at a warm-up call,
+    /// the clipped and projected `s * g - c * delta` at a main call, where the weights were
+    /// restored to the anchor). Reference and skipped calls leave it as it was. `None` for
+    /// other main optimizers and for frozen tensors.
+    pub fn captured_grad(&self, i: usize) -> Option<&B::Tensor> {
+        if !self.config.main.is_external() {
+            return None;
+        }
+        self.reg.states.get(i)?.main_slots.first()
     }
 
     /// The accumulated delta buffer of tensor `i` (present only with [`Delta::Accumulated`],

@@ -422,6 +422,8 @@ fn with_weight_decay(c: InnerConfig, wd: f64) -> InnerConfig {
         InnerConfig::Adam(s) => InnerConfig::Adam(Adam { weight_decay: wd, ..s }),
         InnerConfig::AdamW(s) => InnerConfig::AdamW(AdamW { weight_decay: wd, ..s }),
         InnerConfig::RmsProp(s) => InnerConfig::RmsProp(RmsProp { weight_decay: wd, ..s }),
+        // No weight decay of its own: the external optimizer applies its own.
+        c @ InnerConfig::External(_) => c,
     }
 }
 

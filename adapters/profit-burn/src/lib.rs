@@ -5,7 +5,8 @@
 //! before any weight may change, so [`BurnProfit`] is a module-level optimizer in the manner of
 //! burn's own `LBFGS`: `step(lr, module, grads) -> module`. Every inner optimizer of
 //! `profit-core` (SGD, Adam, AdamW, RMSprop, PyTorch's formulas, checked against the golden
-//! trajectories) serves as reference and main optimizer.
+//! trajectories) serves as reference and main optimizer; burn's own optimizers can be the main
+//! optimizer too ([below](#burns-own-optimizer-as-the-main-optimizer)).
 //!
 //! ```
 //! use burn::module::Module;
@@ -29,6 +30,54 @@
 //! assert_eq!(opt.calls(), 4);
 //! # Ok::<(), profit_burn::BurnProfitError>(())
 //! ```
+//!
+//! ## burn's own optimizer as the main optimizer
+//!
+//! With [`BurnProfit::with_main_optimizer`] any burn [`ModuleOptimizer`] (`AdamConfig::new()
+//! .init()`, `AdamWConfig`, `SgdConfig`, ..., with burn's own defaults, parameter groups and
+//! gradient clipping) takes the main steps, and `config.main` is
+//! [`External`](profit_core::External) (its `lr` is the rate burn's optimizer is called with).
+//! PROFIT takes the reference steps with its reference optimizer as usual; at a main call it
+//! forms `delta`, projects the gradient, restores the anchor and hands the projected
+//! gradient to burn's optimizer, which steps the restored module; at warm-up calls burn's
+//! optimizer gets the gradient unchanged (clipped if `max_grad_norm` is set).
+//!
+//! ```
+//! use burn::module::Module;
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::optim::{AdamWConfig, GradientsParams};
+//! use burn::tensor::{Device, Tensor};
+//! use profit_burn::BurnProfit;
+//! use profit_core::{External, ProfitConfig, Sgd};
+//!
+//! let device = Device::default().autodiff();
+//! let mut model: Linear = LinearConfig::new(2, 1).init(&device);
+//! let config = ProfitConfig::new(Sgd { lr: 1e-5, ..Default::default() }, External { lr: 1e-2 });
+//! let mut opt = BurnProfit::with_main_optimizer(&model, config, AdamWConfig::new().init())?;
+//! let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+//! for _ in 0..4 {
+//!     let loss = model.forward(x.clone()).powi_scalar(2).mean();
+//!     let grads = GradientsParams::from_grads(loss.backward(), &model);
+//!     model = opt.step(1e-2, model, grads); // burn's AdamW steps at calls 1 and 3
+//! }
+//! // Saving: PROFIT's state and burn's optimizer state, each in its own format.
+//! let profit_state = opt.save_checkpoint(&model, Default::default())?;
+//! let adamw_state = opt.main_optimizer().unwrap().to_record();
+//! assert!(!profit_state.is_empty() && !adamw_state.is_empty());
+//! # Ok::<(), profit_burn::BurnProfitError>(())
+//! ```
+//!
+//! burn's optimizer keeps its own state (moments, step counts, keyed by parameter id);
+//! PROFIT keeps the anchor, the reference optimizer's state and the last captured gradient.
+//! To resume a run, save both: [`save_checkpoint`](BurnProfit::save_checkpoint) for PROFIT,
+//! and burn's record of the main optimizer (`opt.main_optimizer().unwrap().to_record()`, then
+//! `OptimizerRecord::save(path)` or `into_bytes`). Later, load the record into a fresh burn
+//! optimizer (`AdamWConfig::new().init().load_record(record)`), build
+//! `BurnProfit::with_main_optimizer` with it over the module (its parameters must keep their
+//! ids, as burn's module records do), and [`load_checkpoint`](BurnProfit::load_checkpoint).
+//! burn's Adam and AdamW default to `epsilon = 1e-5` (PyTorch's is `1e-8`) and compute their
+//! bias corrections in `f32`: set `with_epsilon(1e-8)` for PyTorch's numbers; measured against
+//! profit-core's Adam in `tests/external.rs`.
 //!
 //! ## How a step runs
 //!
@@ -54,7 +103,7 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Tensor, TensorData};
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::{
@@ -124,6 +173,11 @@ pub enum BurnProfitError {
     /// autodiff device).
     #[error("no float parameter requires a gradient")]
     NoParameters,
+    /// The main optimizer does not fit the configuration: a burn optimizer needs
+    /// `config.main` to be [`InnerConfig::External`](profit_core::InnerConfig::External), and
+    /// an external main needs a burn optimizer ([`BurnProfit::with_main_optimizer`]).
+    #[error("main optimizer: {0}")]
+    MainOptimizer(&'static str),
     /// PROFIT refused the step (or the configuration, or a checkpoint).
     #[error(transparent)]
     Profit(#[from] ProfitError),
@@ -267,15 +321,43 @@ fn host_data<const D: usize>(t: Tensor<D>) -> TensorData {
     t.inner().mul_scalar(1.0).into_data()
 }
 
-/// Rebuilds the registered parameters from the host buffers.
-struct Scatter<'a, E> {
+/// The gradients an external main optimizer steps with: PROFIT's captured gradients, each
+/// registered under its parameter's id as a tensor on the device of the gradient it came from.
+struct Handover<'a, E: BurnElement> {
+    profit: &'a Profit<Host<E>>,
+    grads: &'a GradientsParams,
+    out: GradientsParams,
+}
+
+/// Rebuilds the registered parameters from the host buffers (unless `rebuild` is off: the
+/// parameters did not change) and, with `handover`, registers the captured gradients.
+struct Scatter<'a, E: BurnElement> {
     reg: &'a Registry,
     params: &'a [VecTensor<E>],
+    rebuild: bool,
+    handover: Option<Handover<'a, E>>,
+}
+
+impl<'a, E: BurnElement> Scatter<'a, E> {
+    fn new(reg: &'a Registry, params: &'a [VecTensor<E>]) -> Self {
+        Scatter { reg, params, rebuild: true, handover: None }
+    }
 }
 
 impl<E: BurnElement> ModuleMapper for Scatter<'_, E> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(&i) = self.reg.index.get(&param.id) else { return param };
+        if let Some(h) = &mut self.handover {
+            // `Core::step` gathered a gradient of this shape and dtype for every registered
+            // parameter before PROFIT stepped, and the external rule captured one per tensor.
+            if let (Some(g), Some(c)) = (h.grads.get::<D>(param.id), h.profit.captured_grad(i)) {
+                let data = TensorData::new(c.data.clone(), c.shape.clone());
+                h.out.register::<D>(param.id, Tensor::<D>::from_data(data, (&g.device(), E::BURN_DTYPE)));
+            }
+        }
+        if !self.rebuild {
+            return param;
+        }
         let (id, tensor, mapper) = param.consume();
         let host = &self.params[i];
         let device = tensor.device();
@@ -403,14 +485,18 @@ impl<E: BurnElement> Core<E> {
         if params.iter().zip(&before).all(|(a, b)| a.data == b.data) {
             return Ok(module);
         }
-        Ok(module.map(&mut Scatter { reg, params: &params }))
+        Ok(module.map(&mut Scatter::new(reg, &params)))
     }
 
+    /// One call. With `main` (an external main optimizer), warm-up and main calls hand the
+    /// captured gradients to it: at a main call PROFIT has restored the anchor, which is
+    /// written back first; at a warm-up call the parameters did not change.
     fn step<M: Module>(
         &mut self,
         module: M,
         reg: &Registry,
         grads: &GradientsParams,
+        main: Option<&mut ModuleOptimizer>,
     ) -> Result<(M, StepReport), StepFailure<M>> {
         if let Err(error) = self.gather(&module, reg, grads) {
             return Err(StepFailure { module, error });
@@ -420,7 +506,21 @@ impl<E: BurnElement> Core<E> {
         match self.profit.step(&mut p, &g) {
             Err(e) => Err(StepFailure { module, error: e.into() }),
             Ok(r) if r.phase == Phase::Skipped => Ok((module, r)),
-            Ok(r) => Ok((module.map(&mut Scatter { reg, params: &self.params }), r)),
+            Ok(r) => match main {
+                Some(optim) if r.phase != Phase::Reference => {
+                    let handover = Handover { profit: &self.profit, grads, out: GradientsParams::new() };
+                    let mut scatter = Scatter {
+                        reg,
+                        params: &self.params,
+                        rebuild: r.phase == Phase::Main,
+                        handover: Some(handover),
+                    };
+                    let module = module.map(&mut scatter);
+                    let out = scatter.handover.map(|h| h.out).unwrap_or_default();
+                    Ok((optim.step(self.profit.lr(), module, out), r))
+                }
+                _ => Ok((module.map(&mut Scatter::new(reg, &self.params)), r)),
+            },
         }
     }
 }
@@ -443,14 +543,49 @@ macro_rules! on_core {
 pub struct BurnProfit {
     reg: Registry,
     engine: Engine,
+    /// burn's optimizer as the main optimizer (with `config.main` external).
+    main: Option<ModuleOptimizer>,
     last: Option<StepReport>,
     last_error: Option<BurnProfitError>,
 }
 
 impl BurnProfit {
     /// Build over every float parameter of `module` that requires a gradient, named by its
-    /// module path. All optimizer state is allocated here.
+    /// module path, with one of profit-core's inner optimizers as the main optimizer. All
+    /// optimizer state is allocated here. An external `config.main` is refused
+    /// ([`BurnProfitError::MainOptimizer`]): use [`with_main_optimizer`](Self::with_main_optimizer).
     pub fn new<M: Module>(module: &M, config: ProfitConfig) -> Result<Self, BurnProfitError> {
+        if config.main.is_external() {
+            return Err(BurnProfitError::MainOptimizer(
+                "config.main is external: build with BurnProfit::with_main_optimizer and a burn optimizer",
+            ));
+        }
+        Self::build(module, config, None)
+    }
+
+    /// Build with a burn optimizer (`AdamWConfig::new().init()`, any
+    /// [`ModuleOptimizer`]) as the main optimizer; `config.main` must be
+    /// [`External`](profit_core::External), whose `lr` is the main rate (the rate burn's
+    /// optimizer is called with; the reference rate follows it at the configured ratio). See
+    /// the [crate docs](crate#burns-own-optimizer-as-the-main-optimizer).
+    pub fn with_main_optimizer<M: Module>(
+        module: &M,
+        config: ProfitConfig,
+        main: ModuleOptimizer,
+    ) -> Result<Self, BurnProfitError> {
+        if !config.main.is_external() {
+            return Err(BurnProfitError::MainOptimizer(
+                "a burn main optimizer needs config.main = InnerConfig::External (profit_core::External)",
+            ));
+        }
+        Self::build(module, config, Some(main))
+    }
+
+    fn build<M: Module>(
+        module: &M,
+        config: ProfitConfig,
+        main: Option<ModuleOptimizer>,
+    ) -> Result<Self, BurnProfitError> {
         let mut c = Collect {
             path: Path::default(),
             seen: 0,
@@ -475,7 +610,7 @@ impl BurnProfit {
             DType::F32 => Engine::F32(Core::new(module, &reg, config)?),
             _ => Engine::F64(Core::new(module, &reg, config)?),
         };
-        Ok(BurnProfit { reg, engine, last: None, last_error: None })
+        Ok(BurnProfit { reg, engine, main, last: None, last_error: None })
     }
 
     /// One PROFIT call with typed errors: `grads` must hold the gradient of the loss at the
@@ -487,7 +622,8 @@ impl BurnProfit {
         grads: &GradientsParams,
     ) -> Result<(M, StepReport), StepFailure<M>> {
         let reg = &self.reg;
-        let out = on_core!(&mut self.engine, c => c.step(module, reg, grads));
+        let main = self.main.as_mut();
+        let out = on_core!(&mut self.engine, c => c.step(module, reg, grads, main));
         if let Ok((_, r)) = &out {
             self.last = Some(*r);
         }
@@ -513,6 +649,18 @@ impl BurnProfit {
                 module
             }
         }
+    }
+
+    /// burn's main optimizer, when built [`with_main_optimizer`](Self::with_main_optimizer): its
+    /// state (moments, step counts, keyed by parameter id) is saved with burn's records
+    /// (`main_optimizer().to_record()`), beside PROFIT's [checkpoint](Self::save_checkpoint).
+    pub fn main_optimizer(&self) -> Option<&ModuleOptimizer> {
+        self.main.as_ref()
+    }
+
+    /// burn's main optimizer, mutably (to replace it, e.g. by one loaded from a record).
+    pub fn main_optimizer_mut(&mut self) -> Option<&mut ModuleOptimizer> {
+        self.main.as_mut()
     }
 
     /// The error of the last [`step`](Self::step), if it failed.

@@ -413,6 +413,13 @@ impl CandleProfit {
         config: ProfitConfig,
         access: Access,
     ) -> Result<Self, CandleProfitError> {
+        if config.main.is_external() {
+            // Its main calls would only restore: training would silently do nothing.
+            return Err(ProfitError::InvalidConfig(
+                "an external main optimizer is not supported by CandleProfit (its main step would never run)",
+            )
+            .into());
+        }
         let mut kept: Vec<(String, Var)> = vec![];
         let mut dtype = None;
         for (name, var) in vars {

@@ -209,6 +209,9 @@ impl<E: CandleElement> Math<E> {
             }
             Rule::Adam(r) => self.adam(&r, p, g, s),
             Rule::RmsProp(r) => self.rmsprop(&r, p, g, s),
+            Rule::Capture => Err(candle_core::Error::Msg(
+                "an external main optimizer is not supported by CandleProfit".into(),
+            )),
         }
     }
 

@@ -282,3 +282,17 @@ fn unsupported_and_inconsistent_vars_are_refused() {
     let e = CandleProfit::with_names(named(vec![f(DType::F32)]), bad, Access::Auto).err().unwrap();
     assert!(matches!(e, CandleProfitError::Profit(ProfitError::InvalidHyperparameter { .. })), "{e:?}");
 }
+
+#[test]
+fn an_external_main_optimizer_is_refused() {
+    let vm = VarMap::new();
+    let _m = Mlp::new(&vm, DType::F32);
+    let cfg = ProfitConfig { main: profit_core::External::default().into(), ..config() };
+    for access in [Access::Auto, Access::Copy, Access::TensorOps] {
+        assert!(matches!(
+            CandleProfit::from_varmap_with(&vm, cfg, access),
+            Err(CandleProfitError::Profit(ProfitError::InvalidConfig(_)))
+        ));
+    }
+    assert!(CandleProfit::from_varmap(&vm, config()).is_ok());
+}

@@ -48,8 +48,10 @@ fn ptr<E>(dev: &Device, t: &CudaTensor<E>) -> u64 {
     p
 }
 
-/// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags.
-fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u32) {
+/// Rule index in [`kernels::RULES`] order, the scalar set (layout in `profit.cu`) and flags;
+/// [`BackendError::Unsupported`] for a rule the kernels do not have (the external main
+/// optimizer's gradient capture).
+fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> Result<(usize, [E::Real; SC_STRIDE], u32), BackendError> {
     let mut v = [E::Real::default(); SC_STRIDE];
     v[0] = k.grad_scale;
     v[1] = k.proj;
@@ -58,7 +60,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
         Rule::Sgd(r) => {
             v[2] = r.lr;
             v[3] = r.weight_decay;
-            (0, v, 0)
+            Ok((0, v, 0))
         }
         Rule::SgdMomentum(r) => {
             v[2] = r.lr;
@@ -66,7 +68,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[4] = r.momentum;
             v[5] = r.one_minus_dampening;
             let flags = if r.nesterov { F_NESTEROV } else { 0 } | if r.first { F_FIRST } else { 0 };
-            (1, v, flags)
+            Ok((1, v, flags))
         }
         Rule::Adam(r) => {
             v[2] = r.l2;
@@ -77,7 +79,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[7] = r.bias_correction2_sqrt;
             v[8] = r.step_size;
             v[9] = r.eps;
-            (if r.amsgrad { 3 } else { 2 }, v, 0)
+            Ok((if r.amsgrad { 3 } else { 2 }, v, 0))
         }
         Rule::RmsProp(r) => {
             v[2] = r.lr;
@@ -88,8 +90,11 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> (usize, [E::Real; SC_STRIDE], u3
             v[7] = r.eps;
             v[8] = r.momentum;
             let flags = if r.centered { F_CENTERED } else { 0 } | if r.use_momentum { F_MOMENTUM } else { 0 };
-            (4, v, flags)
+            Ok((4, v, flags))
         }
+        Rule::Capture => Err(BackendError::Unsupported(
+            "an external main optimizer (gradient capture) on CUDA: use a host backend".into(),
+        )),
     }
 }
 
@@ -186,7 +191,7 @@ fn build_apply<E: CudaElement>(
         if len == 0 {
             continue;
         }
-        let rule = scalar_set(k).0;
+        let rule = scalar_set(k)?.0;
         s.entries.push(((pass * kernels::RULES.len() + rule) as u16, i as u32));
     }
     s.entries.sort_unstable();
@@ -205,7 +210,7 @@ fn build_apply<E: CudaElement>(
             blocks = 0;
         }
         s.groups.last_mut().expect("pushed").2 = e + 1;
-        let (_, set, flags) = scalar_set(&kernels[i]);
+        let (_, set, flags) = scalar_set(&kernels[i])?;
         let at = s.bytes.len();
         for x in set {
             E::put_scalar(x, &mut s.bytes);
@@ -665,4 +670,20 @@ fn fetch(dev: &Device, s: &mut Scratch, n: usize) -> Result<(), BackendError> {
     s.out_host.clear();
     s.out_host.extend_from_slice(&down.host()?[..used]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels have no gradient-capture rule: its scalar set is refused with a typed error
+    /// (checked before any launch, so nothing changes), the other rules get theirs.
+    #[test]
+    fn capture_rule_is_unsupported() {
+        let capture = Kernel::<f32> { rule: Rule::Capture, ..Kernel::idle() };
+        assert!(matches!(scalar_set(&capture), Err(BackendError::Unsupported(_))));
+        let capture = Kernel::<f64> { rule: Rule::Capture, ..Kernel::idle() };
+        assert!(matches!(scalar_set(&capture), Err(BackendError::Unsupported(_))));
+        assert!(scalar_set(&Kernel::<f32>::idle()).is_ok());
+    }
 }

@@ -323,6 +323,13 @@ impl<M: TensorCollection<f32, Cpu>> DfdxProfit<M> {
     /// Build over every trainable tensor of `model` (named by dfdx's paths, e.g. `0.weight`).
     /// All optimizer state is allocated here.
     pub fn new(model: &M, config: ProfitConfig) -> Result<Self, DfdxError> {
+        if config.main.is_external() {
+            // Its main calls would only restore: training would silently do nothing.
+            return Err(ProfitError::InvalidConfig(
+                "an external main optimizer is not supported by DfdxProfit (its main step would never run)",
+            )
+            .into());
+        }
         let mirror = Mirror::of(model)?;
         let profit = Profit::with_groups(config, mirror.groups())?;
         Ok(DfdxProfit { profit, mirror, last: None, last_error: None, _model: PhantomData })
@@ -491,6 +498,18 @@ mod tests {
             assert_eq!(model.1.running_var.as_vec(), var);
             model.zero_grads(&mut grads);
         }
+    }
+
+    #[test]
+    fn an_external_main_optimizer_is_refused() {
+        let dev = Cpu::seed_from_u64(1);
+        let model = dev.build_module::<Net, f32>();
+        let cfg = ProfitConfig { main: profit_core::External::default().into(), ..config() };
+        assert!(matches!(
+            DfdxProfit::new(&model, cfg),
+            Err(DfdxError::Profit(ProfitError::InvalidConfig(_)))
+        ));
+        assert!(DfdxProfit::new(&model, config()).is_ok());
     }
 
     #[test]

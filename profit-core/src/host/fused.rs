@@ -9,7 +9,7 @@ use crate::backend::{Kernel, Variant};
 use crate::element::Element;
 use crate::error::BackendError;
 use crate::host::reduce::realized;
-use crate::optim::{AdamRule, RmsPropRule, Rule, SgdMomentumRule};
+use crate::optim::{capture, AdamRule, RmsPropRule, Rule, SgdMomentumRule};
 
 /// The slices one fused pass touches. Arrays a variant does not use are empty.
 pub struct Lanes<'a, E> {
@@ -129,6 +129,7 @@ fn by_rule<E: Element, const V: u8>(k: &Kernel<E>, l: Lanes<'_, E>) {
                 RmsPropRule { centered: true, use_momentum: true, ..r }.update(p, g, s, a, b)
             }),
         },
+        Rule::Capture => split_run::<E, V, 1, _>(l, &c, &|_, g, s, _, _| capture(g, s)),
     }
 }
 

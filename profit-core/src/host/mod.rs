@@ -15,6 +15,8 @@
 //!
 //! Speed: measured by `profit bench` (see `BENCHMARKS.md`).
 
+#[cfg(test)]
+mod capture_tests;
 pub mod fused;
 pub mod reduce;
 #[cfg(target_arch = "x86_64")]
