@@ -24,10 +24,12 @@ impl StepLr {
     }
 }
 
-/// Mean, median, min and max of per-seed values.
+/// Mean, sample standard deviation, median, min and max of per-seed values.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Spread {
     pub mean: f64,
+    /// Sample standard deviation (`n - 1`); NaN for fewer than two values.
+    pub std: f64,
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -39,10 +41,16 @@ impl Spread {
         s.sort_by(|a, b| a.total_cmp(b));
         let n = s.len();
         if n == 0 {
-            return Spread { mean: f64::NAN, median: f64::NAN, min: f64::NAN, max: f64::NAN };
+            return Spread { mean: f64::NAN, std: f64::NAN, median: f64::NAN, min: f64::NAN, max: f64::NAN };
         }
         let median = if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) };
-        Spread { mean: s.iter().sum::<f64>() / n as f64, median, min: s[0], max: s[n - 1] }
+        let mean = s.iter().sum::<f64>() / n as f64;
+        let std = if n < 2 {
+            f64::NAN
+        } else {
+            (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        };
+        Spread { mean, std, median, min: s[0], max: s[n - 1] }
     }
 }
 
@@ -192,6 +200,9 @@ mod tests {
         let s = Spread::of(&[3.0, 1.0, 2.0, 10.0]);
         assert_eq!((s.mean, s.median, s.min, s.max), (4.0, 2.5, 1.0, 10.0));
         assert_eq!(Spread::of(&[5.0, 1.0, 2.0]).median, 2.0);
+        // Sample standard deviation: sum of squares 50 over n - 1 = 3.
+        assert!((s.std - (50.0f64 / 3.0).sqrt()).abs() < 1e-12, "{s:?}");
+        assert!(Spread::of(&[1.0]).std.is_nan());
         assert!(Spread::of(&[]).mean.is_nan());
     }
 

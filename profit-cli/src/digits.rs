@@ -86,19 +86,23 @@ pub struct Args {
     data: Option<PathBuf>,
     #[command(flatten)]
     output: crate::common::Output,
-    /// Also run the control arm `profit_lr_ref0`: PROFIT with lr_ref = 0 (no projection; Adam
-    /// steps on every other batch).
+    /// Leave out the equal-steps control arm `profit_lr_ref0`, which runs by default: PROFIT with
+    /// lr_ref = 0 (no projection; Adam steps on every other batch, as PROFIT's does). PROFIT is
+    /// reported against it, paired over seeds.
     #[arg(long)]
+    no_control: bool,
+    /// Accepted for compatibility: the control arm now runs by default.
+    #[arg(long, hide = true, conflicts_with = "no_control")]
     control: bool,
     /// Run the sweep instead: delta {realized, accumulated} x ratio {10, 1e2, 1e3, 1e4, 1e5} x
     /// batch {32, 128}, each against Adam (same batches and same main steps), head-only Adam,
     /// SGD and the lr_ref = 0 control; writes old-vs-new scatter plots.
-    #[arg(long, conflicts_with_all = ["control", "ratio", "delta"])]
+    #[arg(long, conflicts_with_all = ["control", "no_control", "ratio", "delta"])]
     sweep: bool,
     /// Instead of fine-tuning: after pre-training, measure how much of one SGD reference update
     /// (at each sweep ratio) survives in the realized delta when the weights are stored in
     /// f32, bf16 and f16 (first fine-tuning batch of the new task, per seed).
-    #[arg(long, conflicts_with_all = ["control", "ratio", "delta", "sweep"])]
+    #[arg(long, conflicts_with_all = ["control", "no_control", "ratio", "delta", "sweep"])]
     delta_precision: bool,
 }
 
@@ -222,12 +226,16 @@ impl Trainer {
             Kind::Profit { delta, ratio } => {
                 let config = ProfitConfig {
                     delta,
+                    n_ref: arm.n_ref,
                     ..ProfitConfig::new(Sgd { lr: lr / ratio, ..Default::default() }, adam(lr))
                 };
                 Trainer::Profit(Box::new(DfdxProfit::new(m, config).map_err(e)?))
             }
             Kind::Control => {
-                let config = ProfitConfig::new(Sgd { lr: 0.0, ..Default::default() }, adam(lr));
+                let config = ProfitConfig {
+                    n_ref: arm.n_ref,
+                    ..ProfitConfig::new(Sgd { lr: 0.0, ..Default::default() }, adam(lr))
+                };
                 Trainer::Profit(Box::new(DfdxProfit::new(m, config).map_err(e)?))
             }
         })
@@ -458,13 +466,13 @@ impl Args {
         if !s.sweep {
             v.push(Arm::new("sgd", Kind::Sgd, s.batch));
             v.push(Arm::new("adam", Kind::Full { steps: fine }, s.batch));
-            v.push(Arm::new(
-                "profit",
-                Kind::Profit { delta: self.delta.into(), ratio: s.profit_ratio },
-                s.batch,
-            ));
+            let profit =
+                Arm::new("profit", Kind::Profit { delta: self.delta.into(), ratio: s.profit_ratio }, s.batch);
             if s.control_arm {
+                v.push(profit.against("profit_lr_ref0"));
                 v.push(Arm::new("profit_lr_ref0", Kind::Control, s.batch));
+            } else {
+                v.push(profit);
             }
             return v;
         }
@@ -477,7 +485,7 @@ impl Args {
             v.push(Arm::new(format!("profit_lr_ref0_b{b}"), Kind::Control, b));
             for delta in [Delta::Realized, Delta::Accumulated] {
                 for r in SWEEP_RATIOS {
-                    v.push(Arm::profit(delta, r, b));
+                    v.push(Arm::profit(delta, r, b).against(format!("profit_lr_ref0_b{b}")));
                 }
             }
         }
@@ -511,7 +519,7 @@ pub fn run(args: Args) -> Result<(), String> {
         profit_ratio: args.ratio,
         profit_delta: crate::arms::delta_name(args.delta.into()),
         profit: "SGD reference (lr = adam_lr / ratio), Adam main (lr = adam_lr), n_ref 1, global projection",
-        control_arm: args.control,
+        control_arm: !args.no_control && !args.sweep,
         sweep: args.sweep,
     };
     if n == 0 || s.pretrain_steps == 0 || s.finetune_steps < 2 || s.batch == 0 {
@@ -576,6 +584,7 @@ pub fn run(args: Args) -> Result<(), String> {
         .collect();
     let metrics = Metrics { old_key: "old_accuracy", new_key: "new_accuracy", higher_is_better: true };
     let front = pareto(&summaries, &metrics);
+    let pairs = crate::arms::pairs(&summaries, &metrics)?;
     println!();
     if !s.sweep {
         println!("Per seed (test accuracy old task / new task):");
@@ -611,6 +620,8 @@ pub fn run(args: Args) -> Result<(), String> {
         );
         print_table(&summaries, &metrics, &front);
     }
+    println!();
+    crate::arms::print_pairs(&summaries, &pairs, &metrics);
     println!("total {total:.1} s");
     if let Some(out) = args.output.plot_dir()? {
         let task = match s.task {
@@ -655,6 +666,7 @@ pub fn run(args: Args) -> Result<(), String> {
             "settings": s,
             "arms": arms_json,
             "pareto_front": front_names,
+            "pairs": crate::arms::pairs_json(&summaries, &pairs, &metrics),
             "seconds": total,
         });
         write_json(path, &value)?;

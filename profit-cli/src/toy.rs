@@ -20,9 +20,14 @@
 //! - step schedules: `x0.9` every `pretrain_steps / 20` steps and `x0.95` every
 //!   `steps / 15` steps of the arm (500 and 100 at the paper's 10,000 and 1,500 steps).
 //!
+//! Every PROFIT arm is paired with its equal-steps control (PROFIT with `lr_ref = 0` and the same
+//! `n_ref`: the same main steps on the same batches, without the projection); the default run
+//! includes it (`--no-control` drops it) and prints the paired difference over seeds.
+//!
 //! `--sweep` runs the whole grid of `EXPERIMENTS.md`: delta mode x `lr_main / lr_ref` x batch,
 //! each against full fine-tuning with the same batches and with the same main steps, head-only
-//! and the `lr_ref = 0` control.
+//! and the `lr_ref = 0` control. `--sweep-scale` (with `--full`: the paper's width) runs the
+//! ratios, both delta modes and `n_ref` 1-3, each against its own control, over 5 seeds.
 
 use std::time::Instant;
 
@@ -83,16 +88,26 @@ pub struct Args {
     noise: f32,
     #[command(flatten)]
     output: crate::common::Output,
-    /// Also run the control arm `profit_lr_ref0`: PROFIT with lr_ref = 0, so delta = 0 and the
-    /// projection never fires (the main optimizer steps on every other batch). It separates the
-    /// projection's effect from that of halving the main optimizer's steps.
+    /// Leave out the equal-steps control arm `profit_lr_ref0`, which runs by default: PROFIT with
+    /// lr_ref = 0, so delta = 0 and the projection never fires (the main optimizer steps on every
+    /// other batch, as PROFIT's does). It separates the projection's effect from that of halving
+    /// the main optimizer's steps; PROFIT is reported against it, paired over seeds.
     #[arg(long)]
+    no_control: bool,
+    /// Accepted for compatibility: the control arm now runs by default.
+    #[arg(long, hide = true, conflicts_with = "no_control")]
     control: bool,
     /// Run the sweep instead: delta {realized, accumulated} x ratio {10, 1e2, 1e3, 1e4, 1e5} x
     /// batch {64, 512}, each against full fine-tuning (same batches and same main steps),
     /// head-only and the lr_ref = 0 control; writes old-vs-new scatter plots.
-    #[arg(long, conflicts_with_all = ["control", "ratio", "delta", "batch"])]
+    #[arg(long, conflicts_with_all = ["control", "no_control", "ratio", "delta", "batch", "sweep_scale"])]
     sweep: bool,
+    /// Run the scale study instead (use with --full for the paper's width 500; 5 seeds by
+    /// default): full, head, PROFIT realized at ratios {1e2, 1e3, 1e4, 1e5}, accumulated at 1e4,
+    /// realized 1e4 with n_ref {2, 3}, each paired over seeds with its own equal-steps control
+    /// (lr_ref = 0, same n_ref); writes an old-vs-new scatter plot (`toy_scale_sweep_b<batch>.svg`).
+    #[arg(long, conflicts_with_all = ["control", "no_control", "ratio", "delta"])]
+    sweep_scale: bool,
 }
 
 /// The default `lr_main / lr_ref` of `profit toy`.
@@ -100,6 +115,11 @@ pub const DEFAULT_RATIO: f64 = 1e4;
 /// The sweep's ratios and fine-tuning batches.
 const SWEEP_RATIOS: [f64; 5] = [10.0, 1e2, 1e3, 1e4, 1e5];
 const SWEEP_BATCHES: [usize; 2] = [64, 512];
+/// The scale study's realized ratios, the ratio of its accumulated and `n_ref` arms, and its
+/// `n_ref`s.
+const SCALE_RATIOS: [f64; 4] = [1e2, 1e3, 1e4, 1e5];
+const SCALE_RATIO: f64 = 1e4;
+const SCALE_NREFS: [u64; 3] = [1, 2, 3];
 
 /// The resolved settings of a run.
 #[derive(Clone, Debug, Serialize)]
@@ -125,6 +145,33 @@ pub struct Settings {
     pub metric: &'static str,
     pub control_arm: bool,
     pub sweep: bool,
+    pub sweep_scale: bool,
+}
+
+impl Settings {
+    /// A sweep of many arms (no per-seed detail, maps or curves).
+    fn grid(&self) -> bool {
+        self.sweep || self.sweep_scale
+    }
+}
+
+/// `profit_lr_ref0`, `profit_lr_ref0_nref2`, ...: the equal-steps control of PROFIT arms with
+/// this `n_ref`.
+fn control_name(n_ref: u64) -> String {
+    if n_ref == 1 {
+        "profit_lr_ref0".into()
+    } else {
+        format!("profit_lr_ref0_nref{n_ref}")
+    }
+}
+
+/// A scale-study PROFIT arm, against its control: `profit_realized_r1e4`, `..._nref2`.
+fn scale_arm(delta: Delta, ratio: f64, n_ref: u64, batch: usize) -> Arm {
+    let mut name = format!("profit_{}_r{}", crate::arms::delta_name(delta), crate::arms::ratio_name(ratio));
+    if n_ref != 1 {
+        name += &format!("_nref{n_ref}");
+    }
+    Arm::new(name, Kind::Profit { delta, ratio }, batch).with_n_ref(n_ref).against(control_name(n_ref))
 }
 
 impl Args {
@@ -144,7 +191,7 @@ impl Args {
         let fine = self.finetune_steps.unwrap_or(fine);
         let pretrain_batch = batch;
         let batch = self.batch.unwrap_or(batch);
-        let n = self.seeds.unwrap_or(seeds);
+        let n = self.seeds.unwrap_or(if self.sweep_scale && !self.quick { 5 } else { seeds });
         if pre == 0 || fine < 2 || batch == 0 || n == 0 {
             return Err("steps (fine-tuning: >= 2), batch and seeds must be > 0".into());
         }
@@ -174,8 +221,9 @@ impl Args {
             profit_main: "RMSprop",
             activation: "ReLU",
             metric: "MSE on noise-free uniform test points",
-            control_arm: self.control,
+            control_arm: !self.no_control && !self.sweep && !self.sweep_scale,
             sweep: self.sweep,
+            sweep_scale: self.sweep_scale,
         })
     }
 
@@ -183,13 +231,32 @@ impl Args {
     fn arms(&self, s: &Settings) -> Vec<Arm> {
         let fine = s.finetune_steps;
         let mut v = vec![Arm::new("pretrained", Kind::Pretrained, s.batch)];
+        if s.sweep_scale {
+            let b = s.batch;
+            v.push(Arm::new("full", Kind::Full { steps: fine }, b));
+            v.push(Arm::new("head", Kind::Head, b));
+            for n in SCALE_NREFS {
+                v.push(Arm::new(control_name(n), Kind::Control, b).with_n_ref(n));
+            }
+            for r in SCALE_RATIOS {
+                v.push(scale_arm(Delta::Realized, r, 1, b));
+            }
+            v.push(scale_arm(Delta::Accumulated, SCALE_RATIO, 1, b));
+            for n in SCALE_NREFS.into_iter().filter(|&n| n != 1) {
+                v.push(scale_arm(Delta::Realized, SCALE_RATIO, n, b));
+            }
+            return v;
+        }
         if !s.sweep {
             v.push(Arm::new("full", Kind::Full { steps: fine }, s.batch));
             v.push(Arm::new("head", Kind::Head, s.batch));
             let kind = Kind::Profit { delta: self.delta.into(), ratio: s.profit_ratio };
-            v.push(Arm::new("profit", kind, s.batch));
+            let profit = Arm::new("profit", kind, s.batch);
             if s.control_arm {
-                v.push(Arm::new("profit_lr_ref0", Kind::Control, s.batch));
+                v.push(profit.against(control_name(1)));
+                v.push(Arm::new(control_name(1), Kind::Control, s.batch));
+            } else {
+                v.push(profit);
             }
             return v;
         }
@@ -201,7 +268,7 @@ impl Args {
             v.push(Arm::new(format!("profit_lr_ref0_b{b}"), Kind::Control, b));
             for delta in [Delta::Realized, Delta::Accumulated] {
                 for r in SWEEP_RATIOS {
-                    v.push(Arm::profit(delta, r, b));
+                    v.push(Arm::profit(delta, r, b).against(format!("profit_lr_ref0_b{b}")));
                 }
             }
         }
@@ -373,12 +440,16 @@ impl<const H: usize> Trainer<H> {
             Kind::Profit { delta, ratio } => {
                 let config = ProfitConfig {
                     delta,
+                    n_ref: arm.n_ref,
                     ..ProfitConfig::new(Sgd { lr: lr / ratio, ..Sgd::default() }, rmsprop(lr))
                 };
                 Trainer::Profit(Box::new(DfdxProfit::new(model, config).map_err(e)?))
             }
             Kind::Control => {
-                let config = ProfitConfig::new(Sgd { lr: 0.0, ..Sgd::default() }, rmsprop(lr));
+                let config = ProfitConfig {
+                    n_ref: arm.n_ref,
+                    ..ProfitConfig::new(Sgd { lr: 0.0, ..Sgd::default() }, rmsprop(lr))
+                };
                 Trainer::Profit(Box::new(DfdxProfit::new(model, config).map_err(e)?))
             }
         })
@@ -529,7 +600,7 @@ fn run_seed<const H: usize>(s: &Settings, arms: &[Arm], seed: u64, first: bool) 
     };
     let pre_err = (mse(&dev, &model, &orig_test), mse(&dev, &model, &new_test));
     let batch_seed = seed.wrapping_add(2_000);
-    let detail = first && !s.sweep;
+    let detail = first && !s.grid();
     let g = grid();
     let mut maps = vec![];
     if detail {
@@ -557,7 +628,7 @@ fn run_seed<const H: usize>(s: &Settings, arms: &[Arm], seed: u64, first: bool) 
 fn run_all<const H: usize>(s: &Settings, arms: &[Arm], jobs: usize) -> Result<Vec<SeedRun>, String> {
     crate::common::per_seed(&s.seeds, jobs, |k, seed| {
         let r = run_seed::<H>(s, arms, seed, k == 0)?;
-        let cells: Vec<String> = if s.sweep {
+        let cells: Vec<String> = if s.grid() {
             vec![]
         } else {
             arms.iter()
@@ -577,7 +648,13 @@ pub fn run(args: Args) -> Result<(), String> {
     println!(
         "PROFIT toy experiment (the paper's Section 4.1), preset: {}{}",
         s.preset,
-        if s.sweep { ", sweep" } else { "" }
+        if s.sweep {
+            ", sweep"
+        } else if s.sweep_scale {
+            ", scale study"
+        } else {
+            ""
+        }
     );
     println!(
         "  net 2-{h}-{h}-1, LayerNorm after each hidden layer, {act}; {tr} noisy training points per domain (noise std {nz}); {te} noise-free test points per domain",
@@ -591,7 +668,16 @@ pub fn run(args: Args) -> Result<(), String> {
         "  pre-train: RMSprop lr {} x0.9 every {} steps, {} steps of batch {} on [-1,1]^2",
         s.pretrain_lr, s.pretrain_decay_every, s.pretrain_steps, s.pretrain_batch
     );
-    if s.sweep {
+    if s.sweep_scale {
+        println!(
+            "  fine-tune on [0.8,1.5]^2: {} calls of batch {}, lr {} x0.95 every {} calls; full and head: RMSprop; PROFIT: SGD reference (lr_ref = lr_main / ratio), RMSprop main, n_ref 1 unless named; each PROFIT arm against profit_lr_ref0[_nref<n>] (lr_ref = 0, same n_ref); {} arms per seed",
+            s.finetune_steps,
+            s.batch,
+            s.finetune_lr,
+            (s.finetune_steps / 15).max(1),
+            arms.len() - 1
+        );
+    } else if s.sweep {
         println!(
             "  fine-tune on [0.8,1.5]^2: {} calls, lr {} x0.95 every calls/15; RMSprop main; PROFIT: SGD reference, n_ref 1; {} arms per seed",
             s.finetune_steps,
@@ -628,8 +714,9 @@ pub fn run(args: Args) -> Result<(), String> {
         .collect();
     let metrics = Metrics { old_key: "original_error", new_key: "new_error", higher_is_better: false };
     let front = pareto(&summaries, &metrics);
+    let pairs = crate::arms::pairs(&summaries, &metrics)?;
     println!();
-    if !s.sweep {
+    if !s.grid() {
         println!("Per seed (MSE original domain / new domain):");
         print!("{:>6}", "seed");
         for a in &arms {
@@ -661,13 +748,15 @@ pub fn run(args: Args) -> Result<(), String> {
         println!("Over {} seed(s) (MSE, lower is better; * = on the original/new Pareto front):", runs.len());
         print_table(&summaries, &metrics, &front);
     }
+    println!();
+    crate::arms::print_pairs(&summaries, &pairs, &metrics);
     println!("total {:.1} s", total);
 
     if let Some(out) = args.output.plot_dir()? {
-        if s.sweep {
+        if s.grid() {
             for path in crate::arms::scatter_per_batch(
                 out,
-                "toy",
+                if s.sweep_scale { "toy_scale" } else { "toy" },
                 &summaries,
                 &metrics,
                 &front,
@@ -711,7 +800,7 @@ pub fn run(args: Args) -> Result<(), String> {
             .enumerate()
             .map(|(i, x)| {
                 let mut v = x.json(&metrics, front.contains(&i));
-                if let Some(p) = paper(&x.arm.name).filter(|_| !s.sweep) {
+                if let Some(p) = paper(&x.arm.name).filter(|_| !s.grid()) {
                     v["paper_original_error"] = json!(p.0);
                     v["paper_new_error"] = json!(p.1);
                 }
@@ -724,10 +813,89 @@ pub fn run(args: Args) -> Result<(), String> {
             "settings": s,
             "arms": arms_json,
             "pareto_front": front_names,
+            "pairs": crate::arms::pairs_json(&summaries, &pairs, &metrics),
             "seconds": total,
         });
         write_json(path, &value)?;
         println!("json: {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn arms_of(argv: &[&str]) -> (Settings, Vec<Arm>) {
+        let cli = Cli::try_parse_from(std::iter::once("toy").chain(argv.iter().copied())).unwrap();
+        let s = cli.args.settings().unwrap();
+        let arms = cli.args.arms(&s);
+        (s, arms)
+    }
+
+    /// Every arm that names a control finds it in the run, as a `Control` arm with the same
+    /// `n_ref` and batch (so the same main steps on the same batches).
+    fn controls_match(arms: &[Arm]) -> usize {
+        let mut n = 0;
+        for a in arms.iter().filter(|a| a.control.is_some()) {
+            let c = arms.iter().find(|c| Some(&c.name) == a.control.as_ref()).expect("control in the run");
+            assert_eq!(c.kind, Kind::Control, "{}", a.name);
+            assert_eq!((c.n_ref, c.batch), (a.n_ref, a.batch), "{}", a.name);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn scale_study_pairs_each_profit_arm_with_its_own_control() {
+        let (s, arms) = arms_of(&["--full", "--sweep-scale"]);
+        assert_eq!((s.hidden, s.seeds.len(), s.batch), (500, 5, 512));
+        let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pretrained",
+                "full",
+                "head",
+                "profit_lr_ref0",
+                "profit_lr_ref0_nref2",
+                "profit_lr_ref0_nref3",
+                "profit_realized_r1e2",
+                "profit_realized_r1e3",
+                "profit_realized_r1e4",
+                "profit_realized_r1e5",
+                "profit_accumulated_r1e4",
+                "profit_realized_r1e4_nref2",
+                "profit_realized_r1e4_nref3",
+            ]
+        );
+        assert_eq!(controls_match(&arms), 7);
+        let nref3 = arms.iter().find(|a| a.name == "profit_realized_r1e4_nref3").unwrap();
+        assert_eq!(nref3.n_ref, 3);
+        assert_eq!(nref3.control.as_deref(), Some("profit_lr_ref0_nref3"));
+        assert!(arms.iter().all(|a| a.control.is_none() || a.is_profit()));
+    }
+
+    #[test]
+    fn the_default_run_has_the_control_and_pairs_profit_with_it() {
+        let (s, arms) = arms_of(&[]);
+        assert!(s.control_arm);
+        let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["pretrained", "full", "head", "profit", "profit_lr_ref0"]);
+        assert_eq!(controls_match(&arms), 1);
+        let (_, arms) = arms_of(&["--no-control"]);
+        assert_eq!(arms.len(), 4);
+        assert_eq!(controls_match(&arms), 0);
+        // The old flag is still accepted.
+        assert_eq!(arms_of(&["--control"]).1.len(), 5);
+        // The sweep pairs all 20 PROFIT arms with the control of their batch size.
+        assert_eq!(controls_match(&arms_of(&["--sweep"]).1), 20);
+    }
 }
