@@ -628,7 +628,9 @@ fn run_seed<const H: usize>(s: &Settings, arms: &[Arm], seed: u64, first: bool) 
 fn run_all<const H: usize>(s: &Settings, arms: &[Arm], jobs: usize) -> Result<Vec<SeedRun>, String> {
     crate::common::per_seed(&s.seeds, jobs, |k, seed| {
         let r = run_seed::<H>(s, arms, seed, k == 0)?;
-        let cells: Vec<String> = if s.grid() {
+        // The scale study prints its seeds too (a long run leaves its finished seeds behind);
+        // the old sweep's 28 arms would not fit a line.
+        let cells: Vec<String> = if s.sweep {
             vec![]
         } else {
             arms.iter()
