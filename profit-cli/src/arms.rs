@@ -447,6 +447,7 @@ impl Paired {
 }
 
 /// One arm against its control, paired over seeds, on both metrics.
+#[derive(Debug)]
 pub struct Pair {
     pub arm: usize,
     pub control: usize,

@@ -43,6 +43,26 @@ fn check_arms(v: &Value, names: &[&str], keys: &[&str], seeds: usize) -> Vec<(St
     out
 }
 
+/// The default run pairs `profit` with `profit_lr_ref0`: the JSON difference is the mean of
+/// the per-seed differences, inside its 95 % interval.
+fn check_pair(v: &Value, key: &str, seeds: usize) {
+    let pairs = v["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 1);
+    let p = &pairs[0];
+    assert_eq!((p["arm"].as_str(), p["control"].as_str()), (Some("profit"), Some("profit_lr_ref0")));
+    let per = |name: &str| -> Vec<f64> {
+        let a = v["arms"].as_array().unwrap().iter().find(|a| a["name"] == name).expect("arm");
+        a["per_seed"].as_array().unwrap().iter().map(|s| s[key].as_f64().unwrap()).collect()
+    };
+    let d: Vec<f64> = per("profit").iter().zip(per("profit_lr_ref0")).map(|(a, b)| a - b).collect();
+    let mean = d.iter().sum::<f64>() / seeds as f64;
+    let m = p[key]["mean"].as_f64().unwrap();
+    assert!((m - mean).abs() <= 1e-12, "{m} vs {mean}");
+    assert_eq!(p[key]["seeds"].as_u64(), Some(seeds as u64));
+    let (lo, hi) = (p[key]["ci_lo"].as_f64().unwrap(), p[key]["ci_hi"].as_f64().unwrap());
+    assert!(lo <= m && m <= hi, "{p}");
+}
+
 #[test]
 fn toy_quick_writes_json_and_plots() {
     let dir = tmp("toy");
@@ -52,9 +72,16 @@ fn toy_quick_writes_json_and_plots() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("paper Table 1"), "{stdout}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let arms = check_arms(&v, &["pretrained", "full", "head", "profit"], &["original_error", "new_error"], 2);
+    let arms = check_arms(
+        &v,
+        &["pretrained", "full", "head", "profit", "profit_lr_ref0"],
+        &["original_error", "new_error"],
+        2,
+    );
     // Errors are MSEs: non-negative.
     assert!(arms.iter().all(|(_, x)| x.iter().all(|&e| e >= 0.0)));
+    check_pair(&v, "original_error", 2);
+    assert!(stdout.contains("against its equal-steps control"), "{stdout}");
     for f in ["toy_predictions.svg", "toy_finetune_curves.svg", "toy_pretrain_curve.svg"] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
         assert!(text.starts_with("<svg"), "{f}");
@@ -69,7 +96,13 @@ fn digits_quick_writes_json() {
     let out = run(&["digits", "--quick", "--out", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let arms = check_arms(&v, &["pretrained", "sgd", "adam", "profit"], &["old_accuracy", "new_accuracy"], 2);
+    let arms = check_arms(
+        &v,
+        &["pretrained", "sgd", "adam", "profit", "profit_lr_ref0"],
+        &["old_accuracy", "new_accuracy"],
+        2,
+    );
+    check_pair(&v, "old_accuracy", 2);
     assert!(arms.iter().all(|(_, x)| x.iter().all(|&a| (0.0..=1.0).contains(&a))));
     // Pre-training on 200 steps learns the old task far above chance (10%).
     assert!(arms[0].1[0] > 0.5, "pre-trained old-task accuracy {}", arms[0].1[0]);
