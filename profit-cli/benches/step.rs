@@ -17,7 +17,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nalgebra::DMatrix;
 use ndarray::{ArrayD, IxDyn};
-use profit_core::{Adam, NonFinitePolicy, Plain, Profit, ProfitConfig, Sgd, TensorOps};
+use profit_core::backend::TensorOps;
+use profit_core::plain::Plain;
+use profit_core::{Adam, NonFinitePolicy, Profit, ProfitConfig, Sgd};
 use profit_nalgebra::Nalgebra;
 use profit_ndarray::NdArray;
 

@@ -2,7 +2,8 @@
 //! statistics PROFIT arms collect, summaries over seeds, the old/new Pareto front, JSON and the
 //! old-vs-new scatter plot.
 
-use profit_core::{Delta, MainReport, STALL_SHARE};
+use profit_core::report::STALL_SHARE;
+use profit_core::{Delta, MainReport};
 use serde_json::{json, Value};
 
 use crate::common::{fmt, Spread};

@@ -18,7 +18,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
-use profit_core::{Adam, NonFinitePolicy, Plain, Profit, ProfitConfig, Projection, Sgd, TensorOps};
+use profit_core::backend::TensorOps;
+use profit_core::plain::Plain;
+use profit_core::{Adam, NonFinitePolicy, Profit, ProfitConfig, Projection, Sgd};
 use profit_nalgebra::Nalgebra;
 use profit_ndarray::NdArray;
 use serde::Serialize;

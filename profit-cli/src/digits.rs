@@ -382,8 +382,8 @@ struct Survival {
     norm_ratio: f64,
 }
 
-fn survival<E: profit_core::Element>(w: &[f32], g: &[f32], lr_ref: f64) -> Survival {
-    use profit_core::Real;
+fn survival<E: profit_core::element::Element>(w: &[f32], g: &[f32], lr_ref: f64) -> Survival {
+    use profit_core::element::Real;
     let lr = <E::Real as Real>::from_f64(lr_ref);
     let (mut moved, mut nonzero, mut du, mut dd, mut uu) = (0usize, 0usize, 0.0f64, 0.0f64, 0.0f64);
     for (&wi, &gi) in w.iter().zip(g) {

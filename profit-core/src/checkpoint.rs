@@ -55,14 +55,14 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::backend::{StorageOrder, TensorOps};
+use crate::backend::TensorOps;
+use crate::config::{Delta, ProfitConfig};
 use crate::element::{Dtype as ElemDtype, Element};
 use crate::error::{ProfitError, Result};
-use crate::optim::check_lr;
-use crate::params::GroupState;
-use crate::profit::{reference_calls, Delta, Profit, ProfitConfig, Restore};
+use crate::kernel::StorageOrder;
+use crate::profit::Profit;
+use crate::state::{BufferKind, Counters, GroupState, ParamInfo, StateMeta};
 
 /// Value of the `format` header field.
 pub const FORMAT: &str = "profit-checkpoint";
@@ -71,10 +71,7 @@ pub const FORMAT: &str = "profit-checkpoint";
 /// (which predate the delta mode) still load, as [`Delta::Accumulated`], without a
 /// fingerprint check (they have none).
 pub const VERSION: u32 = 2;
-/// Largest call count a checkpoint may carry (far beyond any run; keeps every counter exact
-/// in the `f64` and `i32` arithmetic of bias corrections). [`Profit::step`] refuses further
-/// calls with [`ProfitError::CallLimit`].
-pub const MAX_CALLS: u64 = 1 << 40;
+pub use crate::config::MAX_CALLS;
 /// Metadata key holding the JSON header.
 const META_KEY: &str = "profit";
 /// Largest header accepted (bytes).
@@ -310,37 +307,251 @@ pub fn write_atomically(
     Ok(())
 }
 
-/// The tensors a state holds.
+/// The tensors a file holds: a state buffer, or the parameter itself.
 #[derive(Clone, Copy)]
 enum Buf {
-    Anchor,
-    Delta,
-    Ref(usize),
-    Main(usize),
+    State(BufferKind),
     Param,
 }
 
-/// Differences between two configurations, as `path: ours vs theirs` lines.
-fn config_differences(ours: &ProfitConfig, theirs: &ProfitConfig) -> Vec<String> {
-    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    walk(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
-                }
-            }
-            _ if a != b => out.push(format!("{path}: {a} (optimizer) vs {b} (checkpoint)")),
-            _ => {}
+/// The tensors of a file for `meta`, sorted by key: the state's buffers and, when the file
+/// holds them, the parameters as `{name}/param`.
+fn file_keys(meta: &StateMeta, include_params: bool) -> Vec<(String, usize, Buf)> {
+    let mut keys: Vec<_> = meta.buffer_keys().into_iter().map(|(k, i, b)| (k, i, Buf::State(b))).collect();
+    if include_params {
+        keys.extend(
+            meta.params.iter().enumerate().map(|(i, p)| (format!("{}/param", p.name), i, Buf::Param)),
+        );
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    keys
+}
+
+impl Header {
+    /// The state this header describes.
+    fn meta(&self) -> StateMeta {
+        StateMeta {
+            config: self.config,
+            counters: Counters {
+                calls: self.calls,
+                skipped: self.skipped,
+                projected_calls: self.projected_calls.unwrap_or(0),
+                stalled_calls: self.stalled_calls.unwrap_or(0),
+            },
+            groups: self.groups.iter().map(GroupHeader::state).collect(),
+            params: self
+                .params
+                .iter()
+                .map(|p| ParamInfo { name: p.name.clone(), shape: p.shape.clone(), group: p.group })
+                .collect(),
+            rank: self.rank,
+            world_size: self.world_size,
         }
     }
-    let mut out = vec![];
-    match (serde_json::to_value(ours), serde_json::to_value(theirs)) {
-        (Ok(a), Ok(b)) => walk("", &a, &b, &mut out),
-        _ => out.push("configuration not comparable".into()),
+}
+
+impl From<&GroupState> for GroupHeader {
+    fn from(g: &GroupState) -> Self {
+        GroupHeader {
+            lr: g.lr,
+            ref_lr: g.ref_lr,
+            weight_decay: g.weight_decay,
+            ref_weight_decay: g.ref_weight_decay,
+            ratio_bits: g.ratio.to_bits(),
+            base_lr: g.base_lr,
+            base_ref_lr: g.base_ref_lr,
+            frozen: g.frozen,
+        }
     }
-    out
+}
+
+impl GroupHeader {
+    fn state(&self) -> GroupState {
+        GroupState {
+            lr: self.lr,
+            ref_lr: self.ref_lr,
+            weight_decay: self.weight_decay,
+            ref_weight_decay: self.ref_weight_decay,
+            ratio: f64::from_bits(self.ratio_bits),
+            base_lr: self.base_lr,
+            base_ref_lr: self.base_ref_lr,
+            frozen: self.frozen,
+        }
+    }
+}
+
+/// A state error as a checkpoint error (the file is what does not fit).
+fn as_checkpoint_err(e: ProfitError) -> ProfitError {
+    match e {
+        ProfitError::State(m) => err(m),
+        e => e,
+    }
+}
+
+/// CRC-32 (hex) of the parameters' bytes as `dtype`, in registration order (the optimizer's
+/// element type when saving; the file's when loading into another type).
+fn fingerprint<B: TensorOps>(
+    params: &[&B::Tensor],
+    staging: &mut Staging<B::Elem>,
+    dtype: ElemDtype,
+) -> Result<String> {
+    let mut crc = crc32fast::Hasher::new();
+    for t in params {
+        staging.each_chunk_as::<B>(t, dtype, |b| {
+            crc.update(b);
+            Ok(())
+        })?;
+    }
+    Ok(format!("{:08x}", crc.finalize()))
+}
+
+/// A file's header, read and checked on its own (format, version, the fields of its version).
+struct Parsed {
+    /// The header length, as the file stores it.
+    n8: [u8; 8],
+    /// The safetensors header bytes.
+    head: Vec<u8>,
+    metadata: Metadata,
+    /// The PROFIT header as stored (version 1 checksums it).
+    json: String,
+    header: Header,
+}
+
+fn parse_header<R: Read>(r: &mut R, file_len: u64) -> Result<Parsed> {
+    let io = |e: std::io::Error| err(format!("corrupt file: {e}"));
+    let mut n8 = [0u8; 8];
+    r.read_exact(&mut n8).map_err(io)?;
+    let n = u64::from_le_bytes(n8);
+    if n as usize > MAX_HEADER || n.checked_add(8).is_none_or(|e| e > file_len) {
+        return Err(err("corrupt file: header length out of range"));
+    }
+    let mut head = vec![0u8; n as usize];
+    r.read_exact(&mut head).map_err(io)?;
+    let metadata: Metadata = serde_json::from_slice(&head)
+        .map_err(|e| err(format!("corrupt file: bad safetensors header: {e}")))?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| err("no PROFIT header: not a PROFIT checkpoint"))?
+        .clone();
+    let mut h: Header = serde_json::from_str(&json).map_err(|e| err(format!("bad header: {e}")))?;
+    if h.format != FORMAT {
+        return Err(err(format!("format `{}`, expected `{FORMAT}`", h.format)));
+    }
+    if !(1..=VERSION).contains(&h.version) {
+        return Err(err(format!("format version {}, this build reads versions 1 to {VERSION}", h.version)));
+    }
+    let v1 = h.version == 1;
+    match (&h.crc32, v1) {
+        (Crc::Number(_), true) | (Crc::Hex(_), false) => {}
+        _ => return Err(err("bad header: checksum field of another version")),
+    }
+    if !v1 && (h.fingerprint.is_none() || h.projected_calls.is_none() || h.stalled_calls.is_none()) {
+        return Err(err("bad header: version-2 fields missing"));
+    }
+    if v1
+        && (h.fingerprint.is_some() || h.includes_params || h.projected_calls.is_some() || h.world_size != 1)
+    {
+        return Err(err("bad header: version-2 fields in a version-1 file"));
+    }
+    if h.rank >= h.world_size {
+        return Err(err(format!("bad header: rank {} of {} ranks", h.rank, h.world_size)));
+    }
+    if v1 {
+        // Version 1 predates the delta mode: its delta was always accumulated.
+        h.config.delta = Delta::Accumulated;
+    }
+    // Step counters (version 1 wrote them) must agree with the cycle structure.
+    let refs = h.config.reference_calls(h.calls.min(MAX_CALLS));
+    let consistent = match (h.ref_steps, h.main_steps) {
+        (None, None) => true,
+        (Some(r), Some(m)) => r == refs && r.checked_add(m) == Some(h.calls),
+        _ => false,
+    };
+    if !consistent {
+        return Err(err("header counters are inconsistent with the cycle structure"));
+    }
+    Ok(Parsed { n8, head, metadata, json, header: h })
+}
+
+/// The file's tensor table: exactly the expected keys, of the expected dtype and shapes,
+/// contiguous, and filling the file.
+fn entry_table(p: &Parsed, meta: &StateMeta, file_len: u64) -> Result<Vec<Entry>> {
+    let h = &p.header;
+    let keys = file_keys(meta, h.includes_params);
+    let by_name: HashMap<&str, (usize, Buf)> = keys.iter().map(|(k, i, b)| (k.as_str(), (*i, *b))).collect();
+    let present = p.metadata.offset_keys();
+    let wanted: BTreeSet<&str> = by_name.keys().copied().collect();
+    let got: BTreeSet<&str> = present.iter().map(String::as_str).collect();
+    if let Some(k) = wanted.difference(&got).next() {
+        return Err(err(format!("missing tensor `{k}`")));
+    }
+    if let Some(k) = got.difference(&wanted).next() {
+        return Err(err(format!("unexpected tensor `{k}`")));
+    }
+    let data_start = 8 + p.head.len() as u64;
+    let width = h.dtype.size();
+    let mut entries = Vec::with_capacity(present.len());
+    let mut offset = 0usize;
+    for key in &present {
+        let info = p.metadata.info(key).ok_or_else(|| err(format!("{key}: no tensor info")))?;
+        let (i, buf) = by_name[key.as_str()];
+        let shape = &meta.params[i].shape;
+        if info.dtype != tensor_dtype(h.dtype) {
+            return Err(err(format!("{key}: dtype {:?}, expected {}", info.dtype, h.dtype)));
+        }
+        if info.shape != *shape {
+            return Err(err(format!("{key}: shape {:?}, expected {:?}", info.shape, shape)));
+        }
+        let len = shape.iter().product::<usize>() * width;
+        if info.data_offsets != (offset, offset + len) {
+            return Err(err(format!("{key}: data offsets {:?} out of place", info.data_offsets)));
+        }
+        entries.push(Entry { tensor: i, buf, start: data_start + offset as u64, len });
+        offset += len;
+    }
+    if data_start + offset as u64 != file_len {
+        return Err(err(format!(
+            "corrupt file: {} bytes, the header describes {}",
+            file_len,
+            data_start + offset as u64
+        )));
+    }
+    Ok(entries)
+}
+
+/// The checksum over the whole file, before anything changes.
+fn verify_checksum<R: Read + Seek, E: Element>(
+    r: &mut R,
+    p: &Parsed,
+    entries: &[Entry],
+    staging: &mut Staging<E>,
+) -> Result<()> {
+    let io = |e: std::io::Error| err(format!("corrupt file: {e}"));
+    let mut crc = crc32fast::Hasher::new();
+    let (expected, state_first) = match &p.header.crc32 {
+        Crc::Hex(x) => {
+            let at = crc_hex_position(&p.head).ok_or_else(|| err("bad header: checksum field"))?;
+            let mut canonical = p.head.clone();
+            canonical[at..at + 8].copy_from_slice(HEX_ZERO.as_bytes());
+            crc.update(&p.n8);
+            crc.update(&canonical);
+            (u32::from_str_radix(x, 16).map_err(|_| err("bad header: checksum"))?, false)
+        }
+        Crc::Number(x) => (*x, true),
+    };
+    for e in entries {
+        r.seek(SeekFrom::Start(e.start)).map_err(io)?;
+        staging.stream(r, e.len, |b| crc.update(b))?;
+    }
+    if state_first {
+        crc.update(zero_crc_v1(&p.json)?.as_bytes());
+    }
+    if crc.finalize() != expected {
+        return Err(err("corrupt file: contents do not match the checksum"));
+    }
+    Ok(())
 }
 
 /// Bytes converted per chunk when a tensor is written or read.
@@ -431,86 +642,6 @@ struct Entry {
 }
 
 impl<B: TensorOps> Profit<B> {
-    fn checkpoint_keys(&self, include_params: bool) -> Vec<(String, usize, Buf)> {
-        let mut keys = vec![];
-        let refs = self.config.reference.slot_names();
-        let mains = self.config.main.slot_names();
-        for (i, name) in self.reg.names.iter().enumerate() {
-            if include_params {
-                keys.push((format!("{name}/param"), i, Buf::Param));
-            }
-            if !self.reg.active[i] {
-                continue;
-            }
-            if self.config.restore == Restore::Anchor {
-                keys.push((format!("{name}/anchor"), i, Buf::Anchor));
-            }
-            if self.config.delta == Delta::Accumulated {
-                keys.push((format!("{name}/delta"), i, Buf::Delta));
-            }
-            for (s, slot) in refs.iter().enumerate() {
-                keys.push((format!("{name}/ref/{slot}"), i, Buf::Ref(s)));
-            }
-            for (s, slot) in mains.iter().enumerate() {
-                keys.push((format!("{name}/main/{slot}"), i, Buf::Main(s)));
-            }
-        }
-        // Name order, not registration order: the file must not depend on how the loading
-        // optimizer ordered its parameters.
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys
-    }
-
-    fn buffer<'a>(&'a self, i: usize, b: Buf, params: &[&'a B::Tensor]) -> Option<&'a B::Tensor> {
-        let s = &self.reg.states[i];
-        match b {
-            Buf::Anchor => s.anchor.as_ref(),
-            Buf::Delta => s.delta.as_ref(),
-            Buf::Ref(k) => s.ref_slots.get(k),
-            Buf::Main(k) => s.main_slots.get(k),
-            Buf::Param => params.get(i).copied(),
-        }
-    }
-
-    /// Check that `params` are this optimizer's parameters (count and shapes).
-    fn check_params(&self, params: &[&B::Tensor]) -> Result<()> {
-        let n = self.reg.names.len();
-        if params.len() != n {
-            return Err(ProfitError::CountMismatch { what: "parameter", expected: n, got: params.len() });
-        }
-        for (i, t) in params.iter().enumerate() {
-            if !B::has_shape(t, &self.reg.shapes[i]) || B::numel(t) != self.reg.numels[i] {
-                return Err(ProfitError::ShapeMismatch {
-                    what: "parameter",
-                    name: self.reg.names[i].clone(),
-                    expected: self.reg.shapes[i].clone(),
-                    got: B::shape(t),
-                });
-            }
-            B::validate(t)?;
-        }
-        Ok(())
-    }
-
-    /// CRC-32 (hex) of the parameters' bytes, in registration order.
-    /// CRC of the parameters' bytes as `dtype` (the optimizer's element type when saving; the
-    /// file's when loading into another type).
-    fn fingerprint(
-        &self,
-        params: &[&B::Tensor],
-        staging: &mut Staging<B::Elem>,
-        dtype: ElemDtype,
-    ) -> Result<String> {
-        let mut crc = crc32fast::Hasher::new();
-        for t in params {
-            staging.each_chunk_as::<B>(t, dtype, |b| {
-                crc.update(b);
-                Ok(())
-            })?;
-        }
-        Ok(format!("{:08x}", crc.finalize()))
-    }
-
     /// The whole optimizer state as safetensors bytes (see [`save_checkpoint_file`](Self::save_checkpoint_file)
     /// to write a file). `params` are the parameters the optimizer steps (in the order it was
     /// built with): the file records their fingerprint, or holds them with
@@ -539,63 +670,57 @@ impl<B: TensorOps> Profit<B> {
         opts: SaveOptions,
     ) -> Result<()> {
         self.check_params(params)?;
+        let meta = self.meta();
         let mut staging = Staging::<B::Elem>::new();
+        let c = meta.counters;
         let header = Header {
             format: FORMAT.into(),
             version: VERSION,
             dtype: B::Elem::DTYPE,
             backend: B::NAME.into(),
             storage_order: B::STORAGE_ORDER,
-            config: self.config,
-            calls: self.calls,
-            skipped: self.skipped,
+            config: meta.config,
+            calls: c.calls,
+            skipped: c.skipped,
             ref_steps: None,
             main_steps: None,
-            projected_calls: Some(self.projected_calls),
-            stalled_calls: Some(self.stalled_calls),
-            groups: self
-                .reg
-                .groups
+            projected_calls: Some(c.projected_calls),
+            stalled_calls: Some(c.stalled_calls),
+            groups: meta.groups.iter().map(GroupHeader::from).collect(),
+            params: meta
+                .params
                 .iter()
-                .map(|g| GroupHeader {
-                    lr: g.lr,
-                    ref_lr: g.ref_lr,
-                    weight_decay: g.weight_decay,
-                    ref_weight_decay: g.ref_weight_decay,
-                    ratio_bits: g.ratio.to_bits(),
-                    base_lr: g.base_lr,
-                    base_ref_lr: g.base_ref_lr,
-                    frozen: g.frozen,
-                })
+                .map(|p| ParamHeader { name: p.name.clone(), shape: p.shape.clone(), group: p.group })
                 .collect(),
-            params: self
-                .reg
-                .names
-                .iter()
-                .zip(&self.reg.shapes)
-                .zip(&self.reg.group_of)
-                .map(|((n, s), &g)| ParamHeader { name: n.clone(), shape: s.clone(), group: g })
-                .collect(),
-            fingerprint: Some(self.fingerprint(params, &mut staging, B::Elem::DTYPE)?),
+            fingerprint: Some(fingerprint::<B>(params, &mut staging, B::Elem::DTYPE)?),
             includes_params: opts.include_params,
-            rank: self.collective.rank(),
-            world_size: self.collective.world_size(),
+            rank: meta.rank,
+            world_size: meta.world_size,
             crc32: Crc::Hex(HEX_ZERO.into()),
         };
-        let keys = self.checkpoint_keys(opts.include_params);
+        let state = self.state()?;
+        let keys = file_keys(&meta, opts.include_params);
         let width = B::Elem::DTYPE.size();
         let mut infos = Vec::with_capacity(keys.len());
+        let mut tensors = Vec::with_capacity(keys.len());
         let mut offset = 0;
-        for (key, i, _) in &keys {
-            let len = self.reg.numels[*i] * width;
+        for (key, i, buf) in &keys {
+            let t = match buf {
+                Buf::Param => params[*i],
+                Buf::State(_) => state
+                    .buffers
+                    .iter()
+                    .find(|b| &b.key == key)
+                    .map(|b| b.tensor)
+                    .ok_or_else(|| err(format!("state buffer {key} missing")))?,
+            };
+            let shape = meta.params[*i].shape.clone();
+            let len = self.numel(*i) * width;
             infos.push((
                 key.clone(),
-                TensorInfo {
-                    dtype: dtype_of::<B::Elem>(),
-                    shape: self.reg.shapes[*i].clone(),
-                    data_offsets: (offset, offset + len),
-                },
+                TensorInfo { dtype: dtype_of::<B::Elem>(), shape, data_offsets: (offset, offset + len) },
             ));
+            tensors.push(t);
             offset += len;
         }
         let json = serde_json::to_string(&header).map_err(|e| err(e.to_string()))?;
@@ -612,8 +737,7 @@ impl<B: TensorOps> Profit<B> {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&prefix);
         w.write_all(&prefix).map_err(io)?;
-        for (key, i, b) in &keys {
-            let t = self.buffer(*i, *b, params).ok_or_else(|| err(format!("state buffer {key} missing")))?;
+        for t in tensors {
             staging.each_chunk::<B>(t, |bytes| {
                 crc.update(bytes);
                 w.write_all(bytes).map_err(io)
@@ -662,6 +786,8 @@ impl<B: TensorOps> Profit<B> {
         self.read_checkpoint(&mut std::io::Cursor::new(bytes), bytes.len() as u64, params, opts)
     }
 
+    /// Check the whole file (header, the state it describes, tensor table, checksum,
+    /// fingerprint), then stream its tensors in.
     fn read_checkpoint<R: Read + Seek>(
         &mut self,
         r: &mut R,
@@ -669,66 +795,9 @@ impl<B: TensorOps> Profit<B> {
         params: &mut [&mut B::Tensor],
         opts: LoadOptions,
     ) -> Result<()> {
-        {
-            let shared: Vec<&B::Tensor> = params.iter().map(|p| &**p).collect();
-            self.check_params(&shared)?;
-        }
-        let io = |e: std::io::Error| err(format!("corrupt file: {e}"));
-        // Header.
-        let mut n8 = [0u8; 8];
-        r.read_exact(&mut n8).map_err(io)?;
-        let n = u64::from_le_bytes(n8);
-        if n as usize > MAX_HEADER || n.checked_add(8).is_none_or(|e| e > file_len) {
-            return Err(err("corrupt file: header length out of range"));
-        }
-        let mut head = vec![0u8; n as usize];
-        r.read_exact(&mut head).map_err(io)?;
-        let metadata: Metadata = serde_json::from_slice(&head)
-            .map_err(|e| err(format!("corrupt file: bad safetensors header: {e}")))?;
-        let json = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .ok_or_else(|| err("no PROFIT header: not a PROFIT checkpoint"))?
-            .clone();
-        let mut h: Header = serde_json::from_str(&json).map_err(|e| err(format!("bad header: {e}")))?;
-        if h.format != FORMAT {
-            return Err(err(format!("format `{}`, expected `{FORMAT}`", h.format)));
-        }
-        if !(1..=VERSION).contains(&h.version) {
-            return Err(err(format!(
-                "format version {}, this build reads versions 1 to {VERSION}",
-                h.version
-            )));
-        }
-        let v1 = h.version == 1;
-        match (&h.crc32, v1) {
-            (Crc::Number(_), true) | (Crc::Hex(_), false) => {}
-            _ => return Err(err("bad header: checksum field of another version")),
-        }
-        if !v1 && (h.fingerprint.is_none() || h.projected_calls.is_none() || h.stalled_calls.is_none()) {
-            return Err(err("bad header: version-2 fields missing"));
-        }
-        if v1
-            && (h.fingerprint.is_some()
-                || h.includes_params
-                || h.projected_calls.is_some()
-                || h.world_size != 1)
-        {
-            return Err(err("bad header: version-2 fields in a version-1 file"));
-        }
-        if h.rank >= h.world_size {
-            return Err(err(format!("bad header: rank {} of {} ranks", h.rank, h.world_size)));
-        }
-        let (rank, world) = (self.collective.rank(), self.collective.world_size());
-        if (h.rank, h.world_size) != (rank, world) {
-            return Err(ProfitError::ShardMismatch {
-                saved_rank: h.rank,
-                saved_world: h.world_size,
-                rank,
-                world,
-            });
-        }
+        self.check_params(&params.iter().map(|p| &**p).collect::<Vec<_>>())?;
+        let parsed = parse_header(r, file_len)?;
+        let h = &parsed.header;
         if h.storage_order != B::STORAGE_ORDER {
             return Err(err(format!(
                 "checkpoint holds {:?} tensors (backend `{}`), this optimizer's backend `{}` is {:?}",
@@ -745,231 +814,36 @@ impl<B: TensorOps> Profit<B> {
                 B::Elem::DTYPE
             )));
         }
-        if v1 {
-            // Version 1 predates the delta mode: its delta was always accumulated.
-            h.config.delta = Delta::Accumulated;
-        }
-        self.check_header(&h)?;
-        let differences = config_differences(&self.config, &h.config);
-        if !differences.is_empty() && !opts.adopt_config {
-            return Err(err(format!(
-                "the checkpoint's configuration differs from the optimizer's (LoadOptions::adopt_config takes the checkpoint's):\n  {}",
-                differences.join("\n  ")
-            )));
-        }
-
-        // The tensor table: exactly the expected keys, contiguous, sized by their shapes, and
-        // filling the file.
-        let keys = self.checkpoint_keys(h.includes_params);
-        let width = h.dtype.size();
-        let by_name: HashMap<&str, (usize, Buf)> =
-            keys.iter().map(|(k, i, b)| (k.as_str(), (*i, *b))).collect();
-        let present = metadata.offset_keys();
-        let wanted: BTreeSet<&str> = by_name.keys().copied().collect();
-        let got: BTreeSet<&str> = present.iter().map(String::as_str).collect();
-        if let Some(k) = wanted.difference(&got).next() {
-            return Err(err(format!("missing tensor `{k}`")));
-        }
-        if let Some(k) = got.difference(&wanted).next() {
-            return Err(err(format!("unexpected tensor `{k}`")));
-        }
-        let data_start = 8 + n;
-        let mut entries = Vec::with_capacity(present.len());
-        let mut offset = 0usize;
-        for key in &present {
-            let info = metadata.info(key).ok_or_else(|| err(format!("{key}: no tensor info")))?;
-            let (i, b) = by_name[key.as_str()];
-            if info.dtype != tensor_dtype(h.dtype) {
-                return Err(err(format!("{key}: dtype {:?}, expected {}", info.dtype, h.dtype)));
-            }
-            if info.shape != self.reg.shapes[i] {
-                return Err(err(format!("{key}: shape {:?}, expected {:?}", info.shape, self.reg.shapes[i])));
-            }
-            let len = self.reg.numels[i] * width;
-            if info.data_offsets != (offset, offset + len) {
-                return Err(err(format!("{key}: data offsets {:?} out of place", info.data_offsets)));
-            }
-            entries.push(Entry { tensor: i, buf: b, start: data_start + offset as u64, len });
-            offset += len;
-        }
-        if data_start + offset as u64 != file_len {
-            return Err(err(format!(
-                "corrupt file: {} bytes, the header describes {}",
-                file_len,
-                data_start + offset as u64
-            )));
-        }
-
-        // Pass 1: the checksum over everything, before anything changes.
+        let loaded = h.meta();
+        let mine = self.meta();
+        mine.check_fits(&loaded, opts.adopt_config).map_err(as_checkpoint_err)?;
+        let entries = entry_table(&parsed, &mine, file_len)?;
         let mut staging = Staging::<B::Elem>::new();
-        let mut crc = crc32fast::Hasher::new();
-        let (expected, state_first) = match &h.crc32 {
-            Crc::Hex(x) => {
-                let at = crc_hex_position(&head).ok_or_else(|| err("bad header: checksum field"))?;
-                let mut canonical = head.clone();
-                canonical[at..at + 8].copy_from_slice(HEX_ZERO.as_bytes());
-                crc.update(&n8);
-                crc.update(&canonical);
-                (u32::from_str_radix(x, 16).map_err(|_| err("bad header: checksum"))?, false)
-            }
-            Crc::Number(x) => (*x, true),
-        };
-        for e in &entries {
-            r.seek(SeekFrom::Start(e.start)).map_err(io)?;
-            staging.stream(r, e.len, |b| crc.update(b))?;
-        }
-        if state_first {
-            crc.update(zero_crc_v1(&json)?.as_bytes());
-        }
-        if crc.finalize() != expected {
-            return Err(err("corrupt file: contents do not match the checksum"));
-        }
-        if !h.includes_params && !opts.skip_fingerprint {
-            if let Some(saved) = &h.fingerprint {
-                let shared: Vec<&B::Tensor> = params.iter().map(|p| &**p).collect();
-                let now = self.fingerprint(&shared, &mut staging, h.dtype)?;
-                if &now != saved {
-                    return Err(err(
-                        "the parameters passed are not the ones this state was saved with (fingerprint differs): \
-                         mid-cycle the anchor and the weights belong together; pass the weights saved with it, save \
-                         with SaveOptions::include_params, or use LoadOptions::skip_fingerprint",
-                    ));
-                }
+        verify_checksum(r, &parsed, &entries, &mut staging)?;
+        if let (false, false, Some(saved)) = (h.includes_params, opts.skip_fingerprint, &h.fingerprint) {
+            let now =
+                fingerprint::<B>(&params.iter().map(|p| &**p).collect::<Vec<_>>(), &mut staging, h.dtype)?;
+            if &now != saved {
+                return Err(err(
+                    "the parameters passed are not the ones this state was saved with (fingerprint differs): \
+                     mid-cycle the anchor and the weights belong together; pass the weights saved with it, save \
+                     with SaveOptions::include_params, or use LoadOptions::skip_fingerprint",
+                ));
             }
         }
-
-        // Pass 2: everything fits: apply, one tensor at a time.
+        // Everything fits: apply, one tensor at a time.
+        let io = |e: std::io::Error| err(format!("corrupt file: {e}"));
         for e in &entries {
             r.seek(SeekFrom::Start(e.start)).map_err(io)?;
             let values = staging.decode(r, e.len, h.dtype)?;
-            let s = &mut self.reg.states[e.tensor];
             let t = match e.buf {
-                Buf::Anchor => s.anchor.as_mut(),
-                Buf::Delta => s.delta.as_mut(),
-                Buf::Ref(k) => s.ref_slots.get_mut(k),
-                Buf::Main(k) => s.main_slots.get_mut(k),
+                Buf::State(kind) => self.buffer_mut(e.tensor, kind),
                 Buf::Param => params.get_mut(e.tensor).map(|p| &mut **p),
             }
             .ok_or_else(|| err("state buffer missing"))?;
             B::write(t, values)?;
         }
-        for (g, gh) in self.reg.groups.iter_mut().zip(&h.groups) {
-            *g = GroupState {
-                lr: gh.lr,
-                ref_lr: gh.ref_lr,
-                weight_decay: gh.weight_decay,
-                ref_weight_decay: gh.ref_weight_decay,
-                ratio: f64::from_bits(gh.ratio_bits),
-                base_lr: gh.base_lr,
-                base_ref_lr: gh.base_ref_lr,
-                frozen: gh.frozen,
-            };
-        }
-        self.config = h.config;
-        self.calls = h.calls;
-        self.skipped = h.skipped;
-        self.projected_calls = h.projected_calls.unwrap_or(0);
-        self.stalled_calls = h.stalled_calls.unwrap_or(0);
-        Ok(())
-    }
-
-    /// Check that a header fits this optimizer and is internally consistent.
-    fn check_header(&self, h: &Header) -> Result<()> {
-        h.config.validate().map_err(|e| err(format!("header config: {e}")))?;
-        let (mine, theirs) = (&self.config, &h.config);
-        if mine.reference.slot_names() != theirs.reference.slot_names()
-            || mine.main.slot_names() != theirs.main.slot_names()
-            || mine.reference.kind() != theirs.reference.kind()
-            || mine.main.kind() != theirs.main.kind()
-            || mine.restore != theirs.restore
-            || mine.delta != theirs.delta
-        {
-            let layout = |c: &ProfitConfig| {
-                format!(
-                    "reference {} {:?}, main {} {:?}, restore {:?}, delta {:?}",
-                    c.reference.kind(),
-                    c.reference.slot_names(),
-                    c.main.kind(),
-                    c.main.slot_names(),
-                    c.restore,
-                    c.delta
-                )
-            };
-            return Err(err(format!(
-                "state layout differs: the checkpoint has {}; the optimizer has {}",
-                layout(theirs),
-                layout(mine)
-            )));
-        }
-        let names: BTreeSet<&str> = self.reg.names.iter().map(String::as_str).collect();
-        let file_names: BTreeSet<&str> = h.params.iter().map(|p| p.name.as_str()).collect();
-        if let Some(n) = names.difference(&file_names).next() {
-            return Err(err(format!("parameter `{n}` is missing from the checkpoint")));
-        }
-        if let Some(n) = file_names.difference(&names).next() {
-            return Err(err(format!("checkpoint has unknown parameter `{n}`")));
-        }
-        if h.params.len() != self.reg.names.len() {
-            return Err(err("checkpoint lists a parameter twice"));
-        }
-        if h.groups.len() != self.reg.groups.len() {
-            return Err(err(format!(
-                "{} parameter groups, optimizer has {}",
-                h.groups.len(),
-                self.reg.groups.len()
-            )));
-        }
-        for p in &h.params {
-            let i = self.reg.names.iter().position(|n| *n == p.name).unwrap_or(0);
-            if p.shape != self.reg.shapes[i] {
-                return Err(err(format!(
-                    "`{}`: shape {:?}, expected {:?}",
-                    p.name, p.shape, self.reg.shapes[i]
-                )));
-            }
-            if p.group != self.reg.group_of[i] {
-                return Err(err(format!(
-                    "`{}`: group {}, expected {}",
-                    p.name, p.group, self.reg.group_of[i]
-                )));
-            }
-        }
-        for (mine, gh) in self.reg.groups.iter().zip(&h.groups) {
-            if mine.frozen != gh.frozen {
-                return Err(err("a group's frozen flag differs"));
-            }
-            for (name, v) in [
-                ("lr", gh.lr),
-                ("ref_lr", gh.ref_lr),
-                ("weight_decay", gh.weight_decay),
-                ("ref_weight_decay", gh.ref_weight_decay),
-                ("base_lr", gh.base_lr),
-                ("base_ref_lr", gh.base_ref_lr),
-            ] {
-                check_lr(name, v).map_err(|e| err(format!("header group: {e}")))?;
-            }
-            let ratio = f64::from_bits(gh.ratio_bits);
-            if ratio.is_nan() || ratio < 0.0 {
-                return Err(err("header group: lr / ref_lr ratio is NaN or negative"));
-            }
-        }
-        if h.calls > MAX_CALLS || h.skipped > MAX_CALLS {
-            return Err(err(format!("header counters above {MAX_CALLS}")));
-        }
-        let refs = reference_calls(&h.config, h.calls);
-        let consistent = match (h.ref_steps, h.main_steps) {
-            (None, None) => true,
-            (Some(r), Some(m)) => r == refs && r.checked_add(m) == Some(h.calls),
-            _ => false,
-        };
-        if !consistent {
-            return Err(err("header counters are inconsistent with the cycle structure"));
-        }
-        let mains = h.calls - refs;
-        let (projected, stalled) = (h.projected_calls.unwrap_or(0), h.stalled_calls.unwrap_or(0));
-        if projected > mains || stalled > projected {
-            return Err(err("header projection counters exceed the main calls"));
-        }
+        self.restore_meta(&loaded);
         Ok(())
     }
 }
@@ -977,19 +851,6 @@ impl<B: TensorOps> Profit<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_differences_name_every_field() {
-        let a = ProfitConfig::default();
-        let mut b = a;
-        b.n_ref = 3;
-        b.main = b.main.with_lr(0.5);
-        let d = config_differences(&a, &b);
-        assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("n_ref: 1 (optimizer) vs 3")), "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("main.lr:")), "{d:?}");
-        assert!(config_differences(&a, &a).is_empty());
-    }
 
     #[test]
     fn an_interrupted_write_leaves_the_target_and_no_temporary_file() {

@@ -19,6 +19,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::error::{ProfitError, Result};
+use crate::kernel::Reduction;
 
 /// Rank, world size and a deterministic all-reduce (sum) of a short `f64` slice.
 pub trait Collective: Send + Sync {
@@ -218,6 +219,26 @@ impl Drop for ThreadCollective {
         }
         self.shared.done.notify_all();
     }
+}
+
+/// Sum the per-tensor reductions over the ranks through `sums` (`3 * tensors` values; nothing
+/// when empty: single-process).
+pub(crate) fn all_reduce(
+    sums: &mut [f64],
+    collective: &mut dyn Collective,
+    reductions: &mut [Reduction],
+) -> Result<()> {
+    if sums.is_empty() {
+        return Ok(());
+    }
+    for (s, r) in sums.chunks_exact_mut(3).zip(reductions.iter()) {
+        s.copy_from_slice(&[r.omega, r.delta_sq, r.grad_sq]);
+    }
+    collective.all_reduce_sum(sums)?;
+    for (s, r) in sums.chunks_exact(3).zip(reductions.iter_mut()) {
+        *r = Reduction { omega: s[0], delta_sq: s[1], grad_sq: s[2] };
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -100,6 +100,10 @@ pub enum ProfitError {
     /// A checkpoint could not be written or does not fit this optimizer.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A state value ([`ProfitState`](crate::state::ProfitState)) does not fit this optimizer
+    /// or is inconsistent. Nothing was changed.
+    #[error("state: {0}")]
+    State(String),
     /// A checkpoint belongs to another shard: it was saved by rank `saved_rank` of
     /// `saved_world` ranks, and this optimizer is rank `rank` of `world`. Nothing was changed.
     #[error(

@@ -1,14 +1,22 @@
 //! # profit-core
 //!
 //! PROFIT ("PROFIT: A Specialized Optimizer for Deep Fine Tuning", Chakravarthy et al., arXiv
-//! 2412.01930, NeurIPS 2025) written once over the [`TensorOps`] backend trait.
+//! 2412.01930, NeurIPS 2025) written once over the [`TensorOps`](backend::TensorOps) backend trait.
 //!
-//! - [`profit`]: the algorithm ([`Profit`]), in one file.
-//! - [`optim`]: the inner optimizers, with PyTorch's formulas, names and defaults; usable alone
-//!   through [`Plain`].
-//! - [`backend`]: the contract a tensor library implements; [`host`] implements it for any
-//!   library whose tensors are host memory.
-//! - [`schedule`], [`checkpoint`]: learning-rate schedules and save/resume.
+//! What a trainer uses is at the crate root ([`Profit`], [`ProfitConfig`] and its policies,
+//! the inner optimizers, [`StepReport`], [`ProfitState`], parameter groups, checkpoint
+//! options). The modules, each depending only on those listed before it:
+//!
+//! - [`algorithm`]: the rules, in prose (`ALGORITHM.md`).
+//! - [`element`], [`error`]: scalar types and errors.
+//! - [`optim`]: the inner optimizers, with PyTorch's formulas, names and defaults.
+//! - [`config`], [`report`], [`state`]: PROFIT's settings, what a call reports, and the whole
+//!   state as a value (`torch.optim`'s `state_dict`).
+//! - [`kernel`], [`decision`], [`backend`]: the contract a tensor library implements (one
+//!   fused pass per tensor, and the decision between the reductions and the update); [`host`]
+//!   implements it for any library whose tensors are host memory.
+//! - [`profit`]: the algorithm ([`Profit`]), in one file; [`plain`]: an inner optimizer alone.
+//! - [`schedule`], [`checkpoint`]: learning-rate schedules and save/resume (safetensors).
 //! - [`shard`], [`collective`]: the optimizer state sharded over ranks, which agree on the
 //!   global sums through one all-reduce per call; an in-process engine over threads.
 //!
@@ -44,33 +52,37 @@
 //! reference update is small against the weights' float spacing; the repository's
 //! `EXPERIMENTS.md` measures when each helps.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
+pub mod algorithm {
+    //! The algorithm as this library implements it, rule by rule: the repository's
+    //! `ALGORITHM.md`, shipped with the crate.
+    #![doc = include_str!("../ALGORITHM.md")]
+}
 pub mod backend;
 pub mod checkpoint;
 pub mod collective;
+pub mod config;
+mod cpu;
+pub mod decision;
 pub mod element;
 pub mod error;
 pub mod host;
+pub mod kernel;
 pub mod optim;
 mod params;
-mod plain;
+pub mod plain;
 pub mod profit;
+pub mod report;
 pub mod schedule;
 pub mod shard;
+pub mod state;
 
-pub use backend::{
-    Decision, DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorOps, TensorState, Variant, Verdict,
-};
 pub use checkpoint::{LoadOptions, SaveOptions};
-pub use collective::{Collective, SingleProcess, ThreadCollective};
-pub use element::{Dtype, Element, Real};
-pub use error::{BackendError, ProfitError, Result};
-pub use optim::{Adam, AdamW, External, InnerConfig, RmsProp, Rule, Sgd};
-pub use params::{GroupOptions, GroupState, ParamGroup};
-pub use plain::Plain;
-pub use profit::{
-    Delta, LrCoupling, MainReport, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection, Restore,
-    StepReport, TensorReport, STALL_SHARE,
-};
-pub use shard::{ShardPlan, ShardedProfit};
+pub use config::{Delta, NonFinitePolicy, ProfitConfig, Projection, Restore};
+pub use error::ProfitError;
+pub use optim::{Adam, AdamW, InnerConfig, RmsProp, Sgd};
+pub use params::{GroupOptions, ParamGroup};
+pub use profit::Profit;
+pub use report::{MainReport, Phase, StepReport};
+pub use state::ProfitState;

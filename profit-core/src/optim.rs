@@ -133,7 +133,7 @@ impl Default for RmsProp {
 /// its optimizer and that gradient.
 ///
 /// Only PROFIT's main optimizer can be external: as the reference optimizer, or alone in
-/// [`Plain`](crate::Plain), it is refused with [`ProfitError::InvalidConfig`].
+/// [`Plain`](crate::plain::Plain), it is refused with [`ProfitError::InvalidConfig`].
 ///
 /// [`Profit::captured_grad`]: crate::Profit::captured_grad
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,7 +141,7 @@ impl Default for RmsProp {
 pub struct External {
     /// The learning rate the external optimizer is called with (default `1e-3`). PROFIT does
     /// not apply it; it sets the reference rate through `lr_main / lr_ref`
-    /// ([`LrCoupling`](crate::LrCoupling)) and is what [`Profit::lr`](crate::Profit::lr)
+    /// ([`LrCoupling`](crate::config::LrCoupling)) and is what [`Profit::lr`](crate::Profit::lr)
     /// and the schedules move.
     pub lr: f64,
 }

@@ -1,12 +1,16 @@
 //! Parameter registration, groups and the per-call argument checks shared by [`Profit`](crate::Profit)
-//! and [`Plain`](crate::Plain).
+//! and [`Plain`](crate::plain::Plain).
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Decision, Kernel, Reduction, TensorOps, TensorState, Verdict};
+use crate::backend::TensorOps;
+use crate::config::LrCoupling;
+use crate::decision::{Decision, Verdict};
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
+use crate::kernel::{Kernel, Reduction, TensorState};
 use crate::optim::check_lr;
+use crate::state::{ratio_of, BufferKind, GroupState, ParamInfo, StateBuffer, StateMeta};
 
 /// Per-group options, as `torch.optim` parameter groups: anything left `None` comes from the
 /// optimizer's own configuration.
@@ -32,6 +36,13 @@ pub struct ParamGroup<'a, T> {
     pub options: GroupOptions,
 }
 
+impl<T> std::fmt::Debug for ParamGroup<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.params.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ParamGroup").field("params", &names).field("options", &self.options).finish()
+    }
+}
+
 impl<'a, T> ParamGroup<'a, T> {
     /// A group with default options.
     pub fn new<S: Into<String>>(params: impl IntoIterator<Item = (S, &'a T)>) -> Self {
@@ -46,27 +57,6 @@ impl<'a, T> ParamGroup<'a, T> {
         self.options = options;
         self
     }
-}
-
-/// Learning rates and weight decay a group runs with now.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GroupState {
-    /// Main learning rate.
-    pub lr: f64,
-    /// Reference learning rate.
-    pub ref_lr: f64,
-    /// Main weight decay.
-    pub weight_decay: f64,
-    /// Reference weight decay.
-    pub ref_weight_decay: f64,
-    /// `lr / ref_lr`, kept fixed by [`LrCoupling::FixedRatio`](crate::LrCoupling).
-    pub ratio: f64,
-    /// Main learning rate the group was built with (schedules scale it, as torch's `initial_lr`).
-    pub base_lr: f64,
-    /// Reference learning rate the group was built with.
-    pub base_ref_lr: f64,
-    /// Frozen.
-    pub frozen: bool,
 }
 
 /// The registered tensors with their state and the buffers a step reuses.
@@ -93,7 +83,7 @@ pub(crate) struct Layout {
 impl<B: TensorOps> Registry<B> {
     pub fn build(
         groups: Vec<ParamGroup<'_, B::Tensor>>,
-        base: impl Fn(&GroupOptions) -> Result<GroupState>,
+        base: impl Fn(&GroupOptions) -> GroupState,
         layout: &Layout,
     ) -> Result<Self> {
         let mut reg = Registry {
@@ -108,9 +98,7 @@ impl<B: TensorOps> Registry<B> {
             reductions: vec![],
         };
         for (gi, group) in groups.iter().enumerate() {
-            let mut gs = base(&group.options)?;
-            gs.base_lr = gs.lr;
-            gs.base_ref_lr = gs.ref_lr;
+            let gs = base(&group.options);
             check_lr("lr", gs.lr)?;
             check_lr("ref_lr", gs.ref_lr)?;
             check_lr("weight_decay", gs.weight_decay)?;
@@ -174,19 +162,8 @@ impl<B: TensorOps> Registry<B> {
             return Err(ProfitError::CountMismatch { what: "gradient", expected: n, got: grads.len() });
         }
         for i in 0..n {
-            for (what, t) in [("parameter", &*params[i]), ("gradient", grads[i])] {
-                // The element count too: a tensor whose data does not fill its shape would
-                // otherwise fail half-way through a step.
-                if !B::has_shape(t, &self.shapes[i]) || B::numel(t) != self.numels[i] {
-                    return Err(ProfitError::ShapeMismatch {
-                        what,
-                        name: self.names[i].clone(),
-                        expected: self.shapes[i].clone(),
-                        got: B::shape(t),
-                    });
-                }
-                B::validate(t)?;
-            }
+            self.check_tensor(i, "parameter", params[i])?;
+            self.check_tensor(i, "gradient", grads[i])?;
         }
         Ok(())
     }
@@ -246,4 +223,177 @@ impl<B: TensorOps> Registry<B> {
             })
             .sum()
     }
+}
+
+/// Which of a group's two learning rates.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Rate {
+    Main,
+    Reference,
+}
+
+impl Rate {
+    fn name(self) -> &'static str {
+        match self {
+            Rate::Main => "lr",
+            Rate::Reference => "ref_lr",
+        }
+    }
+
+    fn base(self, g: &GroupState) -> f64 {
+        match self {
+            Rate::Main => g.base_lr,
+            Rate::Reference => g.base_ref_lr,
+        }
+    }
+}
+
+/// The learning-rate bookkeeping shared by [`Profit`](crate::profit::Profit) and
+/// [`Plain`](crate::plain::Plain): every setter checks every new rate before it sets any.
+impl<B: TensorOps> Registry<B> {
+    /// Set group 0's rate to `lr` and every other group's in proportion to the rates they were
+    /// built with (all to `lr` if group 0 was built with rate 0).
+    pub fn set_rate(&mut self, rate: Rate, lr: f64, coupling: LrCoupling) -> Result<()> {
+        check_lr(rate.name(), lr)?;
+        let base = rate.base(&self.groups[0]);
+        if base > 0.0 {
+            if !(lr / base).is_finite() {
+                return Err(ProfitError::InvalidHyperparameter {
+                    name: rate.name(),
+                    value: lr,
+                    reason: "too large: the groups' rates, scaled in proportion, overflow",
+                });
+            }
+            self.set_rate_factor(rate, lr / base, coupling)?;
+            self.set_group_rate(rate, 0, lr, coupling)
+        } else {
+            for i in 0..self.groups.len() {
+                self.set_group_rate(rate, i, lr, coupling)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Set every group's rate to `factor` times the rate it was built with.
+    pub fn set_rate_factor(&mut self, rate: Rate, factor: f64, coupling: LrCoupling) -> Result<()> {
+        check_lr(if rate == Rate::Main { "lr factor" } else { "ref lr factor" }, factor)?;
+        for g in &self.groups {
+            check_lr(rate.name(), rate.base(g) * factor)?;
+        }
+        for i in 0..self.groups.len() {
+            let lr = rate.base(&self.groups[i]) * factor;
+            self.set_group_rate(rate, i, lr, coupling)?;
+        }
+        Ok(())
+    }
+
+    /// Set one group's rate. The main rate moves the reference one at the group's ratio with
+    /// [`LrCoupling::FixedRatio`] (unless that ratio is 0 or infinite); the reference rate
+    /// redefines the ratio.
+    pub fn set_group_rate(&mut self, rate: Rate, group: usize, lr: f64, coupling: LrCoupling) -> Result<()> {
+        check_lr(rate.name(), lr)?;
+        let count = self.groups.len();
+        let g = self.groups.get_mut(group).ok_or(ProfitError::NoSuchGroup { index: group, count })?;
+        match rate {
+            Rate::Main => {
+                if coupling == LrCoupling::FixedRatio && g.ratio.is_finite() && g.ratio > 0.0 {
+                    g.ref_lr = lr / g.ratio;
+                }
+                g.lr = lr;
+            }
+            Rate::Reference => {
+                g.ref_lr = lr;
+                g.ratio = ratio_of(g.lr, lr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Set one group's main weight decay.
+    pub fn set_group_weight_decay(&mut self, group: usize, weight_decay: f64) -> Result<()> {
+        check_lr("weight_decay", weight_decay)?;
+        let count = self.groups.len();
+        let g = self.groups.get_mut(group).ok_or(ProfitError::NoSuchGroup { index: group, count })?;
+        g.weight_decay = weight_decay;
+        Ok(())
+    }
+}
+
+/// The registry's side of [`ProfitState`](crate::state::ProfitState).
+impl<B: TensorOps> Registry<B> {
+    /// The parameters' names, shapes and groups.
+    pub fn param_infos(&self) -> Vec<ParamInfo> {
+        (0..self.names.len())
+            .map(|i| ParamInfo {
+                name: self.names[i].clone(),
+                shape: self.shapes[i].clone(),
+                group: self.group_of[i],
+            })
+            .collect()
+    }
+
+    /// The state buffers named by `meta.buffer_keys()`.
+    pub fn buffers(&self, meta: &StateMeta) -> Result<Vec<StateBuffer<&B::Tensor>>> {
+        meta.buffer_keys()
+            .into_iter()
+            .map(|(key, param, kind)| {
+                let tensor = self.buffer(param, kind).ok_or_else(|| missing(&key))?;
+                Ok(StateBuffer { param, kind, key, tensor })
+            })
+            .collect()
+    }
+
+    /// One state buffer.
+    pub fn buffer(&self, param: usize, kind: BufferKind) -> Option<&B::Tensor> {
+        let s = self.states.get(param)?;
+        match kind {
+            BufferKind::Anchor => s.anchor.as_ref(),
+            BufferKind::Delta => s.delta.as_ref(),
+            BufferKind::Reference(k) => s.ref_slots.get(k),
+            BufferKind::Main(k) => s.main_slots.get(k),
+        }
+    }
+
+    /// One state buffer, to overwrite.
+    pub fn buffer_mut(&mut self, param: usize, kind: BufferKind) -> Option<&mut B::Tensor> {
+        let s = self.states.get_mut(param)?;
+        match kind {
+            BufferKind::Anchor => s.anchor.as_mut(),
+            BufferKind::Delta => s.delta.as_mut(),
+            BufferKind::Reference(k) => s.ref_slots.get_mut(k),
+            BufferKind::Main(k) => s.main_slots.get_mut(k),
+        }
+    }
+
+    /// Check `params` (count, shapes, layout) without a gradient: what saving and loading take.
+    pub fn check_params(&self, params: &[&B::Tensor]) -> Result<()> {
+        let n = self.names.len();
+        if params.len() != n {
+            return Err(ProfitError::CountMismatch { what: "parameter", expected: n, got: params.len() });
+        }
+        for (i, t) in params.iter().enumerate() {
+            self.check_tensor(i, "parameter", t)?;
+        }
+        Ok(())
+    }
+
+    /// Check that `t` has tensor `i`'s shape and a usable layout.
+    pub fn check_tensor(&self, i: usize, what: &'static str, t: &B::Tensor) -> Result<()> {
+        // The element count too: a tensor whose data does not fill its shape would otherwise
+        // fail half-way through a step.
+        if !B::has_shape(t, &self.shapes[i]) || B::numel(t) != self.numels[i] {
+            return Err(ProfitError::ShapeMismatch {
+                what,
+                name: self.names[i].clone(),
+                expected: self.shapes[i].clone(),
+                got: B::shape(t),
+            });
+        }
+        B::validate(t)?;
+        Ok(())
+    }
+}
+
+fn missing(key: &str) -> ProfitError {
+    ProfitError::State(format!("state buffer `{key}` missing"))
 }

@@ -1,17 +1,21 @@
 //! An inner optimizer used on its own, as a plain `torch.optim`-style optimizer.
 
-use crate::backend::{Decision, Pass, TensorOps, Verdict};
+use crate::backend::TensorOps;
+use crate::config::{LrCoupling, NonFinitePolicy};
+use crate::decision::{Decision, Verdict};
 use crate::element::{Element, Real};
 use crate::error::{ProfitError, Result};
+use crate::kernel::Pass;
 use crate::optim::InnerConfig;
-use crate::params::{GroupOptions, GroupState, Layout, ParamGroup, Registry};
-use crate::profit::NonFinitePolicy;
+use crate::params::{GroupOptions, Layout, ParamGroup, Rate, Registry};
+use crate::state::GroupState;
 
 /// SGD, Adam, AdamW or RMSprop without PROFIT, on any backend.
 ///
 /// Non-finite gradients are refused with [`ProfitError::NonFiniteGradient`], nothing changed
 /// (see [`with_non_finite`](Self::with_non_finite) for the other policies).
 pub struct Plain<B: TensorOps> {
+    /// The inner optimizer.
     config: InnerConfig,
     reg: Registry<B>,
     steps: u64,
@@ -35,16 +39,8 @@ impl<B: TensorOps> Plain<B> {
             ));
         }
         let base = |o: &GroupOptions| {
-            Ok(GroupState {
-                lr: o.lr.unwrap_or(config.lr()),
-                ref_lr: 0.0,
-                weight_decay: o.weight_decay.unwrap_or(config.weight_decay()),
-                ref_weight_decay: 0.0,
-                ratio: 0.0,
-                base_lr: 0.0,
-                base_ref_lr: 0.0,
-                frozen: o.frozen,
-            })
+            let wd = o.weight_decay.unwrap_or(config.weight_decay());
+            GroupState::new(o.lr.unwrap_or(config.lr()), 0.0, wd, 0.0, o.frozen)
         };
         let layout = Layout { anchor: false, delta: false, ref_slots: 0, main_slots: config.slots() };
         Ok(Plain {
@@ -119,32 +115,37 @@ impl<B: TensorOps> Plain<B> {
     }
 
     /// Set the learning rate of group 0 to `lr` and every other group's in proportion to the
-    /// rates they were built with (all to `lr` if group 0 was built with rate 0).
+    /// rates they were built with (all to `lr` if group 0 was built with rate 0). Checks every
+    /// new rate before setting any.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        crate::optim::check_lr("lr", lr)?;
-        let base = self.reg.groups[0].base_lr;
-        if base > 0.0 {
-            self.set_lr_factor(lr / base)?;
-        } else {
-            self.reg.groups.iter_mut().for_each(|g| g.lr = lr);
-        }
-        self.reg.groups[0].lr = lr;
-        Ok(())
+        self.reg.set_rate(Rate::Main, lr, LrCoupling::Free)
     }
 
     /// Set every group's learning rate to `factor` times the rate it was built with (what
     /// schedules do). Checks every new rate before setting any.
     pub fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
-        crate::optim::check_lr("lr factor", factor)?;
-        for g in &self.reg.groups {
-            crate::optim::check_lr("lr", g.base_lr * factor)?;
-        }
-        self.reg.groups.iter_mut().for_each(|g| g.lr = g.base_lr * factor);
-        Ok(())
+        self.reg.set_rate_factor(Rate::Main, factor, LrCoupling::Free)
+    }
+
+    /// Set one group's learning rate.
+    pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        self.reg.set_group_rate(Rate::Main, group, lr, LrCoupling::Free)
     }
 
     /// Bytes of optimizer state held.
     pub fn state_bytes(&self) -> usize {
         self.reg.state_bytes()
+    }
+}
+
+impl<B: TensorOps> std::fmt::Debug for Plain<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plain")
+            .field("backend", &B::NAME)
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .field("skipped", &self.skipped)
+            .field("groups", &self.reg.groups)
+            .finish_non_exhaustive()
     }
 }

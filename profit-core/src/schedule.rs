@@ -1,6 +1,6 @@
 //! Learning-rate schedules (`torch.optim.lr_scheduler` closed forms), composable, driving the
 //! main learning rate; the reference rate follows at the optimizer's fixed ratio
-//! ([`LrCoupling::FixedRatio`](crate::LrCoupling)) or on a schedule of its own.
+//! ([`LrCoupling::FixedRatio`](crate::config::LrCoupling)) or on a schedule of its own.
 //!
 //! ```
 //! use profit_core::schedule::{Schedule, StepLr, LinearWarmup, Chain};
@@ -95,6 +95,12 @@ impl Schedule for LinearWarmup {
 /// The product of several schedules (`ChainedScheduler`).
 pub struct Chain(pub Vec<Box<dyn Schedule>>);
 
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chain({} schedules)", self.0.len())
+    }
+}
+
 impl Schedule for Chain {
     fn factor(&self, t: u64) -> f64 {
         self.0.iter().map(|s| s.factor(t)).product()
@@ -108,6 +114,15 @@ pub struct Sequential {
     pub schedules: Vec<Box<dyn Schedule>>,
     /// Steps at which the next schedule takes over (`schedules.len() - 1` entries, increasing).
     pub milestones: Vec<u64>,
+}
+
+impl std::fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequential")
+            .field("schedules", &self.schedules.len())
+            .field("milestones", &self.milestones)
+            .finish()
+    }
 }
 
 impl Schedule for Sequential {
@@ -168,6 +183,15 @@ pub struct Scheduler {
     main: Box<dyn Schedule>,
     reference: Option<Box<dyn Schedule>>,
     t: u64,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("t", &self.t)
+            .field("reference", &self.reference.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scheduler {

@@ -37,11 +37,13 @@
 use std::ops::Range;
 
 use crate::collective::{Collective, ThreadCollective};
+use crate::config::ProfitConfig;
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
 use crate::host::{VecBackend, VecTensor};
 use crate::params::{GroupOptions, ParamGroup};
-use crate::profit::{Profit, ProfitConfig, StepReport};
+use crate::profit::Profit;
+use crate::report::StepReport;
 use crate::{LoadOptions, SaveOptions};
 
 /// The default alignment of shard boundaries, in elements (64 bytes of `f32`).
@@ -323,6 +325,16 @@ pub struct ShardedProfit<E: Element> {
     /// Names and options of the groups (to rebuild the ranks when loading checkpoints).
     groups: Vec<(Vec<String>, GroupOptions)>,
     ranks: Vec<Rank<E>>,
+}
+
+impl<E: Element> std::fmt::Debug for ShardedProfit<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedProfit")
+            .field("plan", &self.plan)
+            .field("config", &self.config)
+            .field("ranks", &self.ranks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<E: Element> ShardedProfit<E> {

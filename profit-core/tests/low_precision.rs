@@ -8,10 +8,10 @@
 //! half-precision optimizer saves.
 
 use half::{bf16, f16};
+use profit_core::element::Element;
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::{
-    Adam, AdamW, Delta, Element, InnerConfig, LoadOptions, Profit, ProfitConfig, Projection, RmsProp,
-    SaveOptions, Sgd,
+    Adam, AdamW, Delta, InnerConfig, LoadOptions, Profit, ProfitConfig, Projection, RmsProp, SaveOptions, Sgd,
 };
 
 const SHAPES: [&[usize]; 3] = [&[7, 5], &[5], &[3, 4]];

@@ -1,9 +1,10 @@
 //! Schedules driving a PROFIT optimizer: main rate from the schedule, reference rate at the
 //! fixed ratio or on its own schedule; a bad schedule changes nothing.
 
+use profit_core::config::LrCoupling;
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::schedule::{CosineAnnealing, ExponentialLr, Scheduler, StepLr};
-use profit_core::{Adam, GroupOptions, LrCoupling, ParamGroup, Profit, ProfitConfig, Sgd};
+use profit_core::{Adam, GroupOptions, ParamGroup, Profit, ProfitConfig, Sgd};
 
 fn opt(coupling: LrCoupling) -> Profit<VecBackend<f64>> {
     let w = VecTensor::new(&[2], vec![0.0f64; 2]).unwrap();

@@ -6,10 +6,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use profit_core::collective::Collective;
 use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
 use profit_core::{
-    Adam, Collective, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError, Projection, RmsProp, Sgd,
+    Adam, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError, Projection, RmsProp, Sgd,
 };
 
 /// Elements handed out, all tensors, all threads.

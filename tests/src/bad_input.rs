@@ -2,9 +2,9 @@
 //! the cycle. "Nothing" is checked strictly: after the refused call the optimizer continues in
 //! lockstep, bitwise, with a twin that never saw it.
 
+use profit_core::backend::TensorOps;
 use profit_core::{
     Adam, AdamW, Delta, InnerConfig, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError, RmsProp, Sgd,
-    TensorOps,
 };
 
 use crate::Harness;

@@ -1,8 +1,9 @@
 //! Checkpoint conformance: resume after every call of every golden case matches the
 //! uninterrupted run bitwise; files that do not fit are refused and change nothing.
 
+use profit_core::backend::TensorOps;
 use profit_core::checkpoint::{LoadOptions, SaveOptions};
-use profit_core::{Delta, Profit, ProfitConfig, ProfitError, TensorOps};
+use profit_core::{Delta, Profit, ProfitConfig, ProfitError};
 use serde_json::Value;
 
 use crate::golden::{golden_files, GoldenCase};

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use profit_core::{Phase, Profit, ProfitConfig, StepReport, TensorOps};
+use profit_core::backend::TensorOps;
+use profit_core::{Phase, Profit, ProfitConfig, StepReport};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -114,10 +115,10 @@ impl GoldenCase {
 
     /// The element type of a 16-bit trajectory (`"dtype": "bfloat16"` or `"float16"`, made by
     /// PyTorch in that dtype; `golden16/README.md`), `None` for float64 and float32 files.
-    pub fn dtype16(&self) -> Option<profit_core::Dtype> {
+    pub fn dtype16(&self) -> Option<profit_core::element::Dtype> {
         match self.dtype.as_deref() {
-            Some("bfloat16") => Some(profit_core::Dtype::Bf16),
-            Some("float16") => Some(profit_core::Dtype::F16),
+            Some("bfloat16") => Some(profit_core::element::Dtype::Bf16),
+            Some("float16") => Some(profit_core::element::Dtype::F16),
             _ => None,
         }
     }
@@ -220,7 +221,7 @@ pub fn golden16_files() -> Result<Vec<PathBuf>, String> {
 /// per stored value must be matched bitwise (both tolerances 0); files made with torch's
 /// per-op rounding within the measured tolerances of their dtype.
 pub fn plan16(case: &GoldenCase) -> Result<(profit_core::Delta, f64, f64), String> {
-    use profit_core::Dtype;
+    use profit_core::element::Dtype;
     let delta = case.delta_mode()?;
     let dtype = case.dtype16().ok_or_else(|| format!("{}: not a 16-bit file", case.name))?;
     match (case.rounding.as_deref(), dtype) {
@@ -237,7 +238,7 @@ pub fn plan16(case: &GoldenCase) -> Result<(profit_core::Delta, f64, f64), Strin
 /// mode and tolerances ([`plan16`]); print one line per file; panic listing every failure, or
 /// if none ran. Returns each file's name, rounding and replay statistics.
 pub fn golden16_all<H: Harness>(h: &H) -> Vec<(String, String, ReplayStats)> {
-    let dtype = <<H::B as TensorOps>::Elem as profit_core::Element>::DTYPE;
+    let dtype = <<H::B as TensorOps>::Elem as profit_core::element::Element>::DTYPE;
     let (mut done, mut failures) = (vec![], vec![]);
     for path in golden16_files().unwrap_or_else(|e| panic!("{e}")) {
         let run = || -> Result<Option<(String, String, ReplayStats)>, String> {
@@ -378,13 +379,14 @@ pub fn replay_checked<H: Harness>(
             let main = report.main.ok_or_else(|| at("main call without report".into()))?;
             let per_tensor = opt.tensor_reports();
             // Each field is a list (one per tensor, per-tensor projection) or one global number.
-            let pick = |v: &Value, each: fn(&profit_core::TensorReport) -> f64, global: f64| -> Vec<f64> {
-                if v.is_array() {
-                    per_tensor.iter().map(each).collect()
-                } else {
-                    vec![global]
-                }
-            };
+            let pick =
+                |v: &Value, each: fn(&profit_core::report::TensorReport) -> f64, global: f64| -> Vec<f64> {
+                    if v.is_array() {
+                        per_tensor.iter().map(each).collect()
+                    } else {
+                        vec![global]
+                    }
+                };
             if let Some(p) = &rec.projected {
                 let got: Vec<bool> = if p.is_array() {
                     per_tensor.iter().map(|r| r.projected).collect()
@@ -478,8 +480,9 @@ impl Record {
 /// float32 files in the realized mode at 1e-5 on f32 (skipped on f64); 16-bit types in the
 /// accumulated mode at their measured tolerance; 16-bit files (`golden16/`) on their own
 /// element type only, as [`plan16`] says.
-pub fn plan(case: &GoldenCase, dtype: profit_core::Dtype) -> Vec<(profit_core::Delta, f64)> {
-    use profit_core::{Delta, Dtype};
+pub fn plan(case: &GoldenCase, dtype: profit_core::element::Dtype) -> Vec<(profit_core::Delta, f64)> {
+    use profit_core::element::Dtype;
+    use profit_core::Delta;
     // A 16-bit trajectory (`golden16/`, or one in `$PROFIT_GOLDEN_DIR`) is replayed only on its
     // own element type.
     if let Some(own) = case.dtype16() {
@@ -505,7 +508,7 @@ pub fn plan(case: &GoldenCase, dtype: profit_core::Dtype) -> Vec<(profit_core::D
 /// panic listing every failure (or if nothing ran).
 pub fn replay_every_case(
     label: &str,
-    dtype: profit_core::Dtype,
+    dtype: profit_core::element::Dtype,
     mut replay: impl FnMut(&GoldenCase, profit_core::Delta, f64) -> Result<f64, String>,
 ) {
     let files = golden_files().unwrap_or_else(|e| panic!("{e}"));

@@ -1,11 +1,12 @@
 //! The algorithm's invariants as property tests (proptest), generic over any backend.
 
-use profit_core::host::reduce::realized;
+use profit_core::backend::TensorOps;
+use profit_core::element::Element;
+use profit_core::host::realized;
+use profit_core::Delta;
 use profit_core::{
-    Adam, AdamW, GroupOptions, InnerConfig, ParamGroup, Phase, Profit, ProfitConfig, Projection, RmsProp,
-    Sgd, TensorOps,
+    Adam, AdamW, GroupOptions, InnerConfig, ParamGroup, Phase, Profit, ProfitConfig, Projection, RmsProp, Sgd,
 };
-use profit_core::{Delta, Element};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

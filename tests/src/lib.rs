@@ -33,7 +33,9 @@ pub mod golden;
 pub mod invariants;
 pub mod sharded;
 
-use profit_core::{Delta, Dtype, Element, ProfitConfig, TensorOps};
+use profit_core::backend::TensorOps;
+use profit_core::element::{Dtype, Element};
+use profit_core::{Delta, ProfitConfig};
 
 /// `realized` / `accumulated`.
 pub fn delta_name(d: Delta) -> &'static str {

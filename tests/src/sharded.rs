@@ -16,16 +16,17 @@
 
 use profit_core::checkpoint::{LoadOptions, SaveOptions};
 use profit_core::collective::{Collective, ThreadCollective};
+use profit_core::element::{Dtype, Element};
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::shard::{ShardPlan, ShardedProfit};
 use profit_core::{
-    Adam, Delta, Dtype, Element, GroupOptions, NonFinitePolicy, ParamGroup, Phase, Profit, ProfitConfig,
-    ProfitError, Projection, Sgd,
+    Adam, Delta, GroupOptions, NonFinitePolicy, ParamGroup, Phase, Profit, ProfitConfig, ProfitError,
+    Projection, Sgd,
 };
 
 use crate::golden::{golden_files, param_error, GoldenCase};
 use crate::{delta_name, Harness};
-use profit_core::TensorOps;
+use profit_core::backend::TensorOps;
 
 /// What a run did at every call.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,7 +3,7 @@
 //! test prints `SKIPPED: backend unavailable: ...` and passes.
 
 use profit_conformance::{conformance_suite, Harness};
-use profit_core::BackendError;
+use profit_core::error::BackendError;
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 
 struct Gpu<E> {

@@ -128,5 +128,5 @@ fn replay(case: &GoldenCase, delta: Delta, tol: f64) -> Result<f64, String> {
 
 #[test]
 fn golden_replay_through_dfdx_optimizer() {
-    golden::replay_every_case("dfdx-optimizer-f32", profit_core::Dtype::F32, replay);
+    golden::replay_every_case("dfdx-optimizer-f32", profit_core::element::Dtype::F32, replay);
 }

@@ -3,7 +3,7 @@
 
 use nalgebra::DMatrix;
 use profit_conformance::{conformance_suite, Harness};
-use profit_core::Element;
+use profit_core::element::Element;
 use profit_nalgebra::Nalgebra;
 
 struct Na<E>(std::marker::PhantomData<E>);

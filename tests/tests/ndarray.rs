@@ -6,8 +6,8 @@ use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use profit_conformance::golden::{golden16_all, golden_files, replay_with, GoldenCase};
 use profit_conformance::{conformance_suite, Harness, VecHarness};
+use profit_core::element::Element;
 use profit_core::host::{VecBackend, VecTensor};
-use profit_core::Element;
 use profit_core::{Delta, ProfitConfig};
 use profit_ndarray::NdArray;
 

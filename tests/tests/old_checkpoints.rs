@@ -6,8 +6,9 @@ use std::path::Path;
 
 use profit_conformance::golden::GoldenCase;
 use profit_core::checkpoint::LoadOptions;
+use profit_core::element::Element;
 use profit_core::host::{VecBackend, VecTensor};
-use profit_core::{Delta, Element, Profit, ProfitConfig, ProfitError};
+use profit_core::{Delta, Profit, ProfitConfig, ProfitError};
 use serde_json::Value;
 
 fn fixtures() -> Vec<std::path::PathBuf> {

@@ -36,7 +36,7 @@
 //! With [`BurnProfit::with_main_optimizer`] any burn [`ModuleOptimizer`] (`AdamConfig::new()
 //! .init()`, `AdamWConfig`, `SgdConfig`, ..., with burn's own defaults, parameter groups and
 //! gradient clipping) takes the main steps, and `config.main` is
-//! [`External`](profit_core::External) (its `lr` is the rate burn's optimizer is called with).
+//! [`External`](profit_core::optim::External) (its `lr` is the rate burn's optimizer is called with).
 //! PROFIT takes the reference steps with its reference optimizer as usual; at a main call it
 //! forms `delta`, projects the gradient, restores the anchor and hands the projected
 //! gradient to burn's optimizer, which steps the restored module; at warm-up calls burn's
@@ -48,7 +48,8 @@
 //! use burn::optim::{AdamWConfig, GradientsParams};
 //! use burn::tensor::{Device, Tensor};
 //! use profit_burn::BurnProfit;
-//! use profit_core::{External, ProfitConfig, Sgd};
+//! use profit_core::optim::External;
+//! use profit_core::{ProfitConfig, Sgd};
 //!
 //! let device = Device::default().autodiff();
 //! let mut model: Linear = LinearConfig::new(2, 1).init(&device);
@@ -106,15 +107,16 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Tensor, TensorData};
 use profit_core::host::{VecBackend, VecTensor};
+use profit_core::report::TensorReport;
 use profit_core::{
-    LoadOptions, ParamGroup, Phase, Profit, ProfitConfig, ProfitError, SaveOptions, StepReport, TensorReport,
+    LoadOptions, ParamGroup, Phase, Profit, ProfitConfig, ProfitError, SaveOptions, StepReport,
 };
 
 /// The host backend PROFIT's state lives on (profit-core's [`VecBackend`]).
 pub type Host<E> = VecBackend<E>;
 
 /// An element type parameters can have: `f32` or `f64`.
-pub trait BurnElement: profit_core::Element + burn::tensor::Element + sealed::Sealed {
+pub trait BurnElement: profit_core::element::Element + burn::tensor::Element + sealed::Sealed {
     /// burn's dtype for it.
     const BURN_DTYPE: DType;
 }
@@ -413,7 +415,7 @@ struct Core<E: BurnElement> {
 impl<E: BurnElement> Core<E> {
     fn new<M: Module>(module: &M, reg: &Registry, config: ProfitConfig) -> Result<Self, BurnProfitError> {
         let zeros = |s: &Vec<usize>| {
-            VecTensor::new(s, vec![<E as profit_core::Element>::from_f64(0.0); s.iter().product()])
+            VecTensor::new(s, vec![<E as profit_core::element::Element>::from_f64(0.0); s.iter().product()])
         };
         let mut params: Vec<VecTensor<E>> = reg.shapes.iter().map(|s| zeros(s).expect("sizes")).collect();
         let grads = params.clone();
@@ -565,7 +567,7 @@ impl BurnProfit {
 
     /// Build with a burn optimizer (`AdamWConfig::new().init()`, any
     /// [`ModuleOptimizer`]) as the main optimizer; `config.main` must be
-    /// [`External`](profit_core::External), whose `lr` is the main rate (the rate burn's
+    /// [`External`](profit_core::optim::External), whose `lr` is the main rate (the rate burn's
     /// optimizer is called with; the reference rate follows it at the configured ratio). See
     /// the [crate docs](crate#burns-own-optimizer-as-the-main-optimizer).
     pub fn with_main_optimizer<M: Module>(
@@ -575,7 +577,7 @@ impl BurnProfit {
     ) -> Result<Self, BurnProfitError> {
         if !config.main.is_external() {
             return Err(BurnProfitError::MainOptimizer(
-                "a burn main optimizer needs config.main = InnerConfig::External (profit_core::External)",
+                "a burn main optimizer needs config.main = InnerConfig::External (profit_core::optim::External)",
             ));
         }
         Self::build(module, config, Some(main))

@@ -5,8 +5,8 @@
 
 use profit_burn::{BurnElement, Host};
 use profit_conformance::{conformance_suite, Harness};
+use profit_core::element::Element;
 use profit_core::host::VecTensor;
-use profit_core::Element;
 
 struct HostHarness<E>(std::marker::PhantomData<E>);
 

@@ -8,8 +8,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use profit_burn::{BurnProfit, BurnProfitError};
+use profit_core::optim::External;
 use profit_core::{
-    Adam, Delta, External, InnerConfig, LoadOptions, Phase, ProfitConfig, ProfitError, SaveOptions, Sgd,
+    Adam, Delta, InnerConfig, LoadOptions, Phase, ProfitConfig, ProfitError, SaveOptions, Sgd,
 };
 
 #[derive(Module, Debug)]

@@ -12,7 +12,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use profit_burn::{BurnElement, BurnProfit};
 use profit_conformance::delta_name;
 use profit_conformance::golden::{self, GoldenCase};
-use profit_core::{Delta, Element, ProfitConfig};
+use profit_core::element::Element;
+use profit_core::{Delta, ProfitConfig};
 
 #[derive(Module, Debug)]
 struct Affine {

@@ -20,8 +20,10 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, StorageRef, Tensor};
+use profit_core::backend::{DeltaView, Kernel, Reduction, TensorOps, TensorState};
+use profit_core::element::Element;
+use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
-use profit_core::{BackendError, DeltaView, Element, Kernel, Reduction, TensorOps, TensorState};
 
 /// Parameters locked for writing at once (one nested candle callback each).
 pub const NEST: usize = 64;

@@ -77,9 +77,8 @@ pub mod ops;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
-use profit_core::{
-    LoadOptions, Phase, Profit, ProfitConfig, ProfitError, SaveOptions, StepReport, TensorReport,
-};
+use profit_core::report::TensorReport;
+use profit_core::{LoadOptions, Phase, Profit, ProfitConfig, ProfitError, SaveOptions, StepReport};
 
 pub use backend::{Candle, CandleBuf, CandleElement};
 pub use ops::CandleOps;
@@ -289,7 +288,7 @@ impl<E: CandleElement> Core<E> {
         let (params, grads) = if copy {
             let grads = mirrors
                 .iter()
-                .map(<Candle<E> as profit_core::TensorOps>::zeros_like)
+                .map(<Candle<E> as profit_core::backend::TensorOps>::zeros_like)
                 .collect::<Result<_, _>>()
                 .map_err(ProfitError::from)?;
             (mirrors, grads)

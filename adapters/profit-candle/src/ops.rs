@@ -44,10 +44,11 @@
 use std::marker::PhantomData;
 
 use candle_core::{DType, Device, Storage, Tensor};
+use profit_core::backend::{DeltaView, Kernel, Reduction, TensorOps, TensorState, Variant};
+use profit_core::element::{Element, Real};
+use profit_core::error::BackendError;
+use profit_core::optim::Rule;
 use profit_core::optim::{AdamRule, RmsPropRule, SgdMomentumRule, SgdRule};
-use profit_core::{
-    BackendError, DeltaView, Element, Kernel, Real, Reduction, Rule, TensorOps, TensorState, Variant,
-};
 
 use crate::backend::CandleElement;
 

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use profit_candle::{Candle, CandleBuf, CandleElement};
 use profit_conformance::{conformance_suite, Harness};
-use profit_core::Element;
+use profit_core::element::Element;
 
 struct CandleHarness<E>(std::marker::PhantomData<E>);
 

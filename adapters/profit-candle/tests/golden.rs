@@ -11,7 +11,8 @@ use candle_core::{Device, Tensor, Var};
 use profit_candle::{Access, CandleElement, CandleProfit};
 use profit_conformance::delta_name;
 use profit_conformance::golden::{self, GoldenCase};
-use profit_core::{Delta, Element, ProfitConfig};
+use profit_core::element::Element;
+use profit_core::{Delta, ProfitConfig};
 
 fn tensor<E: CandleElement>(data: &[f64], shape: &[usize]) -> Tensor {
     let v: Vec<E> = data.iter().map(|&x| <E as Element>::from_f64(x)).collect();

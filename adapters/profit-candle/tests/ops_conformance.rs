@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use profit_candle::{CandleElement, CandleOps};
 use profit_conformance::{conformance_suite, Harness};
-use profit_core::Element;
+use profit_core::element::Element;
 
 struct OpsHarness<E>(std::marker::PhantomData<E>);
 

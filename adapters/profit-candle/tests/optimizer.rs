@@ -287,7 +287,7 @@ fn unsupported_and_inconsistent_vars_are_refused() {
 fn an_external_main_optimizer_is_refused() {
     let vm = VarMap::new();
     let _m = Mlp::new(&vm, DType::F32);
-    let cfg = ProfitConfig { main: profit_core::External::default().into(), ..config() };
+    let cfg = ProfitConfig { main: profit_core::optim::External::default().into(), ..config() };
     for access in [Access::Auto, Access::Copy, Access::TensorOps] {
         assert!(matches!(
             CandleProfit::from_varmap_with(&vm, cfg, access),

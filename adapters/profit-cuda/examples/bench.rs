@@ -15,7 +15,7 @@
 //!   host waits for each call's reductions, decides, then launches the update (the rows
 //!   without it decide on the device and wait once per call, at its end);
 //! - `adam fused`: one plain Adam step as one fused pass (`TensorOps::apply_all`): 28 B/param;
-//! - `adam (Plain)`: `profit_core::Plain` Adam, which checks the gradient first: 32 B/param;
+//! - `adam (Plain)`: `profit_core::plain::Plain` Adam, which checks the gradient first: 32 B/param;
 //! - with `bf16` in `--dtypes` (default): the same in `half::bf16` (parameters, gradients,
 //!   anchor, delta and moments stored in 16 bits, math in f32): `profit cycle, realized, bf16`
 //!   and `profit cycle, accumulated, bf16` (30 B/param, half the f32 floor) and `adam fused,
@@ -31,11 +31,10 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaStream};
-use profit_core::{
-    Adam, Delta, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit, ProfitConfig, Sgd, TensorOps,
-    TensorState,
-};
-use profit_core::{Dtype, Real};
+use profit_core::backend::{Kernel, Pass, TensorOps, TensorState};
+use profit_core::element::{Dtype, Real};
+use profit_core::plain::Plain;
+use profit_core::{Adam, Delta, InnerConfig, NonFinitePolicy, Profit, ProfitConfig, Sgd};
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 
 struct Args {

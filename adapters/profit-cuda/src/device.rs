@@ -9,7 +9,7 @@ use cudarc::driver::{
     PinnedHostSlice, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use profit_core::BackendError;
+use profit_core::error::BackendError;
 
 use crate::kernels;
 use crate::tensor::{CudaElement, CudaTensor};
@@ -306,7 +306,7 @@ impl CudaBackend {
     /// reductions, decision and update are enqueued back to back, and the host waits once, at
     /// the end of the call (the default, `true`). With `false` the host waits for the
     /// reductions, decides, then launches the update, as any backend without
-    /// [`TensorOps::reduce_decide_apply`](profit_core::TensorOps::reduce_decide_apply) does.
+    /// [`TensorOps::reduce_decide_apply`](profit_core::backend::TensorOps::reduce_decide_apply) does.
     /// Results are bitwise the same either way; this switch exists to measure the difference.
     /// Applies to every optimizer over this backend's tensors.
     pub fn set_decide_on_device(&self, on: bool) {

@@ -28,7 +28,7 @@ pub const DECIDE_THREADS: u32 = 256;
 
 /// Element type names, in kernel-table order.
 pub const DTYPES: [&str; 4] = ["f32", "f64", "bf16", "f16"];
-/// Pass names, in kernel-table order: profit-core's [`Variant`](profit_core::Variant) order
+/// Pass names, in kernel-table order: profit-core's [`Variant`](profit_core::backend::Variant) order
 /// (`PLAIN .. MAIN_REALIZED` in `profit.cu`).
 pub const PASSES: [&str; 8] = [
     "plain",
@@ -108,8 +108,8 @@ mod tests {
 
     #[test]
     fn pass_names_follow_the_core_variants() {
-        assert_eq!(PASSES.len(), profit_core::Variant::ALL.len());
-        for v in profit_core::Variant::ALL {
+        assert_eq!(PASSES.len(), profit_core::backend::Variant::ALL.len());
+        for v in profit_core::backend::Variant::ALL {
             let name = format!("{v:?}");
             let snake: String = name
                 .chars()

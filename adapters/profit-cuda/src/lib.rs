@@ -1,6 +1,6 @@
 //! # profit-cuda
 //!
-//! PROFIT on NVIDIA GPUs: [`Cuda<E>`] implements [`profit_core::TensorOps`] over
+//! PROFIT on NVIDIA GPUs: [`Cuda<E>`] implements [`profit_core::backend::TensorOps`] over
 //! [`CudaTensor<E>`] (`E = f32`, `f64`, `half::bf16` or `half::f16`) with fused PTX kernels (`cuda-kernels/profit.cu`)
 //! driven by [cudarc](https://docs.rs/cudarc).
 //!
@@ -12,7 +12,7 @@
 //!   `f64` per tensor.
 //! - A call that needs reductions (every main call; reference and warm-up calls when
 //!   non-finite gradients are refused or gradients clipped) is decided on the device
-//!   ([`TensorOps::reduce_decide_apply`](profit_core::TensorOps::reduce_decide_apply)): a
+//!   ([`TensorOps::reduce_decide_apply`](profit_core::backend::TensorOps::reduce_decide_apply)): a
 //!   one-block kernel evaluates profit-core's `Decision` (non-finite check, clipping, the
 //!   projection coefficients) from the reductions, and the update is enqueued right behind
 //!   it, so the host waits once per call, at its end, instead of between the reductions and
@@ -23,7 +23,7 @@
 //!   backends do; reductions are deterministic (fixed order) but summed in another order than
 //!   on the host.
 //! - Without a driver or a GPU the crate still builds and [`CudaBackend::new`] returns
-//!   [`BackendError::Unavailable`](profit_core::BackendError::Unavailable); nothing panics.
+//!   [`BackendError::Unavailable`](profit_core::error::BackendError::Unavailable); nothing panics.
 //!
 //! ```
 //! use profit_core::{Adam, Profit, ProfitConfig, Sgd};
@@ -47,7 +47,7 @@
 //! value (the kernels convert with integer code, rounding to nearest even), as the host
 //! backends do; the reductions stay in f64. Their speed on a GPU has not been measured yet.
 //!
-//! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::Collective) over
+//! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::collective::Collective) over
 //! NCCL (loaded at run time) for PROFIT sharded over GPUs, one rank per GPU.
 
 #![warn(missing_docs)]

@@ -32,7 +32,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id};
-use profit_core::{BackendError, Collective, ProfitError};
+use profit_core::collective::Collective;
+use profit_core::error::BackendError;
+use profit_core::ProfitError;
 
 use crate::CudaBackend;
 

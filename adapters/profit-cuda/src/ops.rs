@@ -8,10 +8,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use profit_core::{
-    BackendError, Decision, DeltaView, Element, Kernel, Pass, Reduction, Rule, TensorOps, TensorState,
-    Variant, Verdict,
+use profit_core::backend::{
+    Decision, DeltaView, Kernel, Pass, Reduction, TensorOps, TensorState, Variant, Verdict,
 };
+use profit_core::element::Element;
+use profit_core::error::BackendError;
+use profit_core::optim::Rule;
 
 use crate::device::{driver_err, ensure, Device, Scratch, Staging};
 use crate::kernels::{self, APPLY_CHUNK, APPLY_THREADS, DESC_WORDS, REDUCE_CHUNK, REDUCE_THREADS, SC_STRIDE};

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
-use profit_core::{BackendError, Element};
+use profit_core::element::Element;
+use profit_core::error::BackendError;
 
 use crate::device::{driver_err, Device};
 
@@ -56,7 +57,7 @@ impl CudaElement for half::f16 {
 /// A row-major tensor in GPU memory, made by a [`CudaBackend`](crate::CudaBackend).
 ///
 /// It carries its backend's handle (context, stream, kernels, scratch), so that
-/// [`TensorOps`](profit_core::TensorOps)'s associated functions can launch work on it.
+/// [`TensorOps`](profit_core::backend::TensorOps)'s associated functions can launch work on it.
 pub struct CudaTensor<E> {
     /// Device memory: `max(len, 1)` elements (CUDA refuses empty allocations), `len` used.
     pub(crate) data: CudaSlice<E>,

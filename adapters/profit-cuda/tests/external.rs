@@ -1,4 +1,4 @@
-//! An external main optimizer (`profit_core::External`: PROFIT captures the projected gradient
+//! An external main optimizer (`profit_core::optim::External`: PROFIT captures the projected gradient
 //! for an optimizer outside the library) has no CUDA kernel: its first warm-up or main call
 //! is refused with `BackendError::Unsupported` before anything is launched, and the weights
 //! stay as they were. Prints `SKIPPED` and passes without a CUDA driver or device (set
@@ -7,7 +7,9 @@
 //! then `LD_LIBRARY_PATH=<its folder> PROFIT_REQUIRE_GPU=1 cargo test -p profit-cuda --test
 //! external`.
 
-use profit_core::{BackendError, External, Phase, Profit, ProfitConfig, ProfitError, Sgd};
+use profit_core::error::BackendError;
+use profit_core::optim::External;
+use profit_core::{Phase, Profit, ProfitConfig, ProfitError, Sgd};
 use profit_cuda::{Cuda, CudaBackend};
 
 fn gpu() -> Option<CudaBackend> {

@@ -7,11 +7,13 @@
 //! match to rounding.
 
 use ndarray::{ArrayD, IxDyn};
+use profit_core::backend::{DeltaView, Kernel, Pass, Reduction, TensorOps, TensorState};
+use profit_core::element::Element;
 use profit_core::host::reduce_slices;
 use profit_core::host::DeltaSlices;
+use profit_core::plain::Plain;
 use profit_core::{
-    Adam, AdamW, Delta, DeltaView, Element, InnerConfig, Kernel, NonFinitePolicy, Pass, Plain, Profit,
-    ProfitConfig, Projection, Reduction, Restore, RmsProp, Sgd, TensorOps, TensorState,
+    Adam, AdamW, Delta, InnerConfig, NonFinitePolicy, Profit, ProfitConfig, Projection, Restore, RmsProp, Sgd,
 };
 use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 use profit_ndarray::NdArray;

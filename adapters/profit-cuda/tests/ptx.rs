@@ -1,7 +1,7 @@
 //! Checks that need no GPU: the embedded PTX, its agreement with the kernel source and the
 //! Rust side, and the unavailable-backend error path.
 
-use profit_core::BackendError;
+use profit_core::error::BackendError;
 use profit_cuda::kernels::{self, entry_points, ptx_entries, ptx_isa_version, COMMITTED_PTX, NVCC_PTX};
 use profit_cuda::CudaBackend;
 

@@ -62,7 +62,8 @@ use dfdx::nn::tensor_collection::{
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
 use dfdx::prelude::{Cpu, Gradients, HasShape, Shape, Tensor};
 use dfdx::tensor::CpuError;
-use profit_core::{InnerConfig, ParamGroup, Plain, Profit, ProfitConfig, ProfitError, StepReport};
+use profit_core::plain::Plain;
+use profit_core::{InnerConfig, ParamGroup, Profit, ProfitConfig, ProfitError, StepReport};
 
 /// The host backend the optimizer state lives on: flat `f32` buffers with a shape
 /// (profit-core's built-in [`VecBackend`](profit_core::host::VecBackend)).
@@ -504,7 +505,7 @@ mod tests {
     fn an_external_main_optimizer_is_refused() {
         let dev = Cpu::seed_from_u64(1);
         let model = dev.build_module::<Net, f32>();
-        let cfg = ProfitConfig { main: profit_core::External::default().into(), ..config() };
+        let cfg = ProfitConfig { main: profit_core::optim::External::default().into(), ..config() };
         assert!(matches!(
             DfdxProfit::new(&model, cfg),
             Err(DfdxError::Profit(ProfitError::InvalidConfig(_)))

@@ -5,7 +5,7 @@
 //! - [`NalgebraVector<E>`]: tensors are `DVector<E>`.
 //!
 //! Shapes are `[nrows, ncols]` (`[len]` for vectors). Elements are handed to the kernels in
-//! nalgebra's storage order (column-major); [`TensorOps::read`](profit_core::TensorOps::read)
+//! nalgebra's storage order (column-major); [`TensorOps::read`](profit_core::backend::TensorOps::read)
 //! and `write` use that order too, and checkpoints record it: they load into nalgebra
 //! optimizers, and are refused by row-major backends (ndarray, dfdx, CUDA).
 //!
@@ -23,9 +23,10 @@
 use std::marker::PhantomData;
 
 use nalgebra::{DMatrix, DVector};
+use profit_core::backend::StorageOrder;
+use profit_core::element::Element;
 use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
-use profit_core::{Element, StorageOrder};
 
 /// The nalgebra matrix backend marker: tensors are `DMatrix<E>`.
 pub struct Nalgebra<E>(PhantomData<E>);

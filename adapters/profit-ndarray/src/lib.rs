@@ -20,9 +20,9 @@
 use std::marker::PhantomData;
 
 use ndarray::ArrayD;
+use profit_core::element::Element;
 use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
-use profit_core::Element;
 
 /// The ndarray backend marker: tensors are `ArrayD<E>`.
 pub struct NdArray<E>(PhantomData<E>);

@@ -1,39 +1,19 @@
 //! Backends whose tensors live in host memory: implement [`HostBackend`] (shape, allocation,
-//! slice access) and get [`TensorOps`] with fused single-pass loops, multi-threaded with rayon
-//! (feature `rayon`, on by default).
-//!
-//! - [`fused`]: one monomorphized loop per pass variant, optimizer and optimizer flag
-//!   (nesterov, amsgrad, centered, ...), so the loop bodies have no branches and vectorize;
-//!   each pass reads and writes every array exactly once; nothing is allocated during a step.
-//! - [`reduce`]: deterministic f64 reductions (a fixed chunk tree that depends only on the
-//!   tensor's length: bitwise reproducible whatever the thread count or scheduling).
-//! - on x86-64 the loops and the `f32` reduction leaves are also compiled for AVX2 and chosen
-//!   at run time, bitwise identical to the baseline code (`PROFIT_HOST_SIMD=0` forces the
-//!   baseline);
-//! - tensors of at least [`PAR_MIN`] elements are split across rayon threads at [`CHUNK`]
-//!   boundaries, and many tensors run in parallel with each other.
+//! slice access) and get [`TensorOps`] with the fused single-pass CPU loops (`cpu`: one
+//! monomorphized loop per pass variant and optimizer flag, deterministic f64 reductions, AVX2
+//! where the CPU has it), multi-threaded with rayon (feature `rayon`, on by default): tensors of
+//! at least [`PAR_MIN`] elements are split across threads at [`CHUNK`] boundaries, and many
+//! tensors run in parallel with each other.
 //!
 //! Speed: measured by `profit bench` (see `BENCHMARKS.md`).
 
-#[cfg(test)]
-mod capture_tests;
-pub mod fused;
-pub mod reduce;
-#[cfg(target_arch = "x86_64")]
-mod simd;
-pub(crate) mod slow;
-
-pub use reduce::{reduce_slices, DeltaSlices};
+pub use crate::cpu::reduce::realized;
+pub use crate::cpu::{reduce_slices, DeltaSlices, CHUNK, PAR_MIN};
 
 use crate::backend::{DeltaView, Kernel, Reduction, StorageOrder, TensorOps, TensorState};
+use crate::cpu::fused::{run, Lanes};
 use crate::element::Element;
 use crate::error::BackendError;
-use fused::{run, Lanes};
-
-/// Elements per reduction leaf (and the alignment of parallel splits).
-pub const CHUNK: usize = 1 << 14;
-/// Tensors at least this long are split across threads.
-pub const PAR_MIN: usize = 1 << 16;
 
 /// A tensor library whose tensors are contiguous host memory.
 ///
@@ -56,7 +36,7 @@ pub const PAR_MIN: usize = 1 << 16;
 ///
 /// let mut w = vec![1.0f32, 2.0];
 /// let g = vec![0.5f32, -0.5];
-/// let mut opt = profit_core::Plain::<MyVecs>::new(
+/// let mut opt = profit_core::plain::Plain::<MyVecs>::new(
 ///     profit_core::Sgd { lr: 0.1, ..Default::default() }.into(),
 ///     &[&w],
 /// ).unwrap();
@@ -123,6 +103,12 @@ impl<E: Element> VecTensor<E> {
 
 /// The built-in host backend over [`VecTensor`]s.
 pub struct VecBackend<E>(std::marker::PhantomData<E>);
+
+impl<E> std::fmt::Debug for VecBackend<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VecBackend")
+    }
+}
 
 impl<E: Element> HostBackend for VecBackend<E> {
     type Elem = E;
@@ -293,9 +279,7 @@ fn apply_host<H: HostBackend>(
     grad: &H::Tensor,
     state: &mut TensorState<H::Tensor>,
 ) -> Result<(), BackendError> {
-    let v = state
-        .variant(k.pass)
-        .ok_or_else(|| BackendError::Device("pass needs an anchor or a delta".into()))?;
+    let v = state.check(k)?;
     let p = H::as_mut_slice(param)?;
     let g = H::as_slice(grad)?;
     let TensorState { anchor, delta, ref_slots, main_slots } = state;
@@ -312,9 +296,6 @@ fn apply_host<H: HostBackend>(
         _ => main_slots,
     };
     let used = k.rule.slots();
-    if slots.len() < used {
-        return Err(BackendError::Device("missing optimizer state slots".into()));
-    }
     let mut it = slots.iter_mut().take(used);
     let mut next = || -> Result<&mut [H::Elem], BackendError> {
         match it.next() {
@@ -333,6 +314,8 @@ fn apply_host<H: HostBackend>(
 mod tests {
     use super::*;
     use crate::backend::Variant;
+    #[cfg(target_arch = "x86_64")]
+    use crate::cpu::simd;
     use crate::optim::{Adam, AdamW, InnerConfig, RmsProp, Sgd};
 
     /// Values in [-1, 1) from a 64-bit LCG.
@@ -452,7 +435,7 @@ mod tests {
                 let base = reduce_slices(dd, &g);
                 simd::force(true);
                 let wide = reduce_slices(dd, &g);
-                let generic = reduce::tests::tree_generic(dd, &g);
+                let generic = crate::cpu::reduce::tests::tree_generic(dd, &g);
                 assert_eq!(base, wide, "n={n}");
                 assert_eq!(base, generic, "n={n}");
             }

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::reduce::{LaneSums, LANES};
+use super::lanes::{LaneSums, LANES};
 use crate::element::Element;
 
 /// 0: not yet detected; 1: baseline; 2: AVX2.

@@ -3,10 +3,11 @@
 //! [`TensorOps::write`] what the pass changed. A new backend passes the conformance suite with
 //! these and overrides them for speed.
 
-use super::fused::{run, Lanes};
-use super::reduce::{reduce_slices, DeltaSlices};
-use crate::backend::{DeltaView, Kernel, Reduction, TensorOps, TensorState};
+use super::TensorOps;
+use crate::cpu::fused::{run, Lanes};
+use crate::cpu::{reduce_slices, DeltaSlices};
 use crate::error::BackendError;
+use crate::kernel::{DeltaView, Kernel, Reduction, TensorState};
 
 fn host<B: TensorOps>(t: &B::Tensor) -> Result<Vec<B::Elem>, BackendError> {
     let mut v = vec![B::Elem::default(); B::numel(t)];
@@ -15,7 +16,7 @@ fn host<B: TensorOps>(t: &B::Tensor) -> Result<Vec<B::Elem>, BackendError> {
 }
 
 /// [`TensorOps::reduce`] through host copies.
-pub fn reduce<B: TensorOps>(
+pub(super) fn reduce<B: TensorOps>(
     delta: DeltaView<'_, B::Tensor>,
     grad: &B::Tensor,
 ) -> Result<Reduction, BackendError> {
@@ -37,20 +38,15 @@ pub fn reduce<B: TensorOps>(
 }
 
 /// [`TensorOps::apply`] through host copies.
-pub fn apply<B: TensorOps>(
+pub(super) fn apply<B: TensorOps>(
     k: &Kernel<B::Elem>,
     param: &mut B::Tensor,
     grad: &B::Tensor,
     state: &mut TensorState<B::Tensor>,
 ) -> Result<(), BackendError> {
-    let v = state
-        .variant(k.pass)
-        .ok_or_else(|| BackendError::Device("pass needs an anchor or a delta".into()))?;
+    let v = state.check(k)?;
     let used = k.rule.slots();
     let slots = state.slots(k.pass);
-    if slots.len() < used {
-        return Err(BackendError::Device("missing optimizer state slots".into()));
-    }
     let mut p = host::<B>(param)?;
     let g = host::<B>(grad)?;
     let opt = |t: Option<&B::Tensor>, on: bool| match (t, on) {

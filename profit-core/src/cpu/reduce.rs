@@ -4,9 +4,10 @@
 //! summed in [`LANES`] interleaved partial sums: results are bitwise reproducible whatever the
 //! thread count, scheduling or vector width.
 
+use super::lanes::{LaneSums, LANES};
 use super::{CHUNK, PAR_MIN};
-use crate::backend::Reduction;
 use crate::element::Element;
+use crate::kernel::Reduction;
 
 /// The `delta` a host reduction reads.
 #[derive(Clone, Copy, Debug)]
@@ -96,16 +97,10 @@ pub fn reduce_slices<E: Element>(d: DeltaSlices<'_, E>, g: &[E]) -> Reduction {
         };
         #[cfg(not(feature = "rayon"))]
         let (r0, r1) = (reduce_slices(d0, g0), reduce_slices(d1, g1));
-        return r0.add(r1);
+        return r0 + r1;
     }
     leaf(d, g)
 }
-
-/// Elements per lane group of a leaf.
-pub(crate) const LANES: usize = 8;
-
-/// Partial sums of one leaf, per lane: `[<d, g>, |d|^2, |g|^2]`, element `i` in lane `i % LANES`.
-pub(crate) type LaneSums = [[f64; LANES]; 3];
 
 /// The reductions of one leaf (at most [`CHUNK`] elements): f64 products accumulated in
 /// [`LANES`] interleaved partial sums (element `i` goes to lane `i % LANES`, in order), then the
@@ -196,7 +191,7 @@ pub(crate) mod tests {
         if n > CHUNK {
             let mid = n.div_ceil(CHUNK) / 2 * CHUNK;
             let (d0, d1) = d.split_at(mid);
-            return tree_generic(d0, &g[..mid]).add(tree_generic(d1, &g[mid..]));
+            return tree_generic(d0, &g[..mid]) + tree_generic(d1, &g[mid..]);
         }
         let full = n / LANES * LANES;
         let mut acc = lane_sums_generic(d.range(0, full), &g[..full]);

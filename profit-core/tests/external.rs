@@ -1,12 +1,15 @@
-//! The external main optimizer ([`External`], [`Rule::Capture`](crate::Rule::Capture)) on the
+//! The external main optimizer ([`External`], [`Rule::Capture`](profit_core::optim::Rule::Capture)) on the
 //! host loops: what it captures, what it leaves in the weights, checkpoints, refusals.
 
-use crate::backend::TensorOps;
-use crate::error::{BackendError, ProfitError};
-use crate::host::{VecBackend, VecTensor};
-use crate::optim::{Adam, External, InnerConfig, Sgd};
-use crate::profit::{Delta, NonFinitePolicy, Phase, Profit, ProfitConfig, Projection};
-use crate::{LoadOptions, Plain, SaveOptions};
+use profit_core::backend::TensorOps;
+use profit_core::error::BackendError;
+use profit_core::host::{VecBackend, VecTensor};
+use profit_core::optim::External;
+use profit_core::plain::Plain;
+use profit_core::{
+    Adam, Delta, InnerConfig, LoadOptions, NonFinitePolicy, Phase, Profit, ProfitConfig, ProfitError,
+    Projection, SaveOptions, Sgd,
+};
 
 /// Values in [-1, 1) from a 64-bit LCG.
 fn values(n: usize, seed: u64) -> Vec<f64> {

@@ -4,11 +4,11 @@
 //! Each loop reads every array it needs once and writes every array it changes once (the
 //! bytes per parameter of the algorithm's cost table); nothing is allocated.
 
+use super::reduce::realized;
 use super::{CHUNK, PAR_MIN};
-use crate::backend::{Kernel, Variant};
 use crate::element::Element;
 use crate::error::BackendError;
-use crate::host::reduce::realized;
+use crate::kernel::{Kernel, Variant};
 use crate::optim::{capture, AdamRule, RmsPropRule, Rule, SgdMomentumRule};
 
 /// The slices one fused pass touches. Arrays a variant does not use are empty.
