@@ -26,6 +26,19 @@ stored value (parameters, optimizer state, delta) to the dtype after each step: 
         python3 scripts/make_golden.py tests/golden16 --dtype bfloat16 --delta $d --rounding $r
         python3 scripts/make_golden.py tests/golden16 --dtype float16 --delta $d --rounding $r
     done; done
+
+With `--dtype float32` it makes float32 cases of the kind of `tests/golden32/` (`"dtype":
+"float32"`, realized delta only; the configurations of CASES32): `run16` in float32, that is
+torch.optim on float32 parameters, each gradient computed in float64 from the float32
+parameters and rounded once to float32, `delta = theta' - theta_ref` in float32, `omega`,
+`|delta|^2` and `|g|^2` as float64 sums, the projected gradient computed in float64 and rounded
+to float32; no `"delta"` or `"rounding"` field. The shipped `tests/golden32/` files come from the
+shared generator (another problem draw), not from this mode:
+
+    python3 scripts/make_golden.py OUT --dtype float32
+
+(The float64 case list, CASES, dropped by mistake when the 16-bit mode was added, is restored as
+it was when the `x_*.json` files were made.)
 """
 import argparse
 import json
@@ -304,7 +317,7 @@ def run16(name, config, n, d, k, batch, calls, seed, dtype, delta_mode, rounding
                          "b": params[1].detach().double().tolist()}
         traj.append(rec)
     flags = f"--dtype {DTYPE_NAMES[dtype]} --delta {delta_mode}" + (" --rounding once" if once else "")
-    return {
+    case = {
         "format": "profit-golden/1",
         "name": name,
         "dtype": DTYPE_NAMES[dtype],
@@ -315,10 +328,43 @@ def run16(name, config, n, d, k, batch, calls, seed, dtype, delta_mode, rounding
         "config": config,
         "problem": problem_json(X, Y, w.to(dtype), b.to(dtype), batches),
         "trajectory": traj,
-    }, min_cos
+    }
+    if dtype == torch.float32:
+        # tests/golden32's format: `"dtype": "float32"` alone means the realized delta.
+        del case["delta"], case["rounding"]
+    return case, min_cos
 
 
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+# float64 cases (tests/golden/x_*.json).
+CASES = [
+    ("x_sgdmom_adamams_nref3", {"n_ref": 3, "reference": {"kind": "sgd", "lr": 0.01, "momentum": 0.9, "dampening": 0.1},
+                                "main": {"kind": "adam", "lr": 0.01, "amsgrad": True}}, (64, 5, 3, 8, 32)),
+    ("x_adam_sgdnest_warm_pt", {"n_ref": 1, "warmup_steps": 2, "projection": "per_tensor",
+                                "reference": {"kind": "adam", "lr": 0.001},
+                                "main": {"kind": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}},
+     (64, 5, 3, 8, 26)),
+    ("x_sgdwd_rmscentmom", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 0.005, "weight_decay": 0.01},
+                            "main": {"kind": "rmsprop", "lr": 0.003, "centered": True, "momentum": 0.5, "weight_decay": 0.01}},
+     (64, 5, 3, 8, 24)),
+    ("x_adamw_ams_nref2_pt", {"n_ref": 2, "projection": "per_tensor", "reference": {"kind": "sgd", "lr": 0.002},
+                              "main": {"kind": "adamw", "lr": 0.01, "betas": [0.8, 0.99], "eps": 1e-6, "amsgrad": True}},
+     (64, 5, 3, 8, 30)),
+    ("x_rms_sgdmomdamp_shape", {"n_ref": 2, "reference": {"kind": "rmsprop", "lr": 0.001, "alpha": 0.9},
+                                "main": {"kind": "sgd", "lr": 0.03, "momentum": 0.8, "dampening": 0.3}},
+     (50, 7, 2, 10, 27)),
+    ("x_adam_lowbeta1", {"n_ref": 1, "warmup_steps": 1, "reference": {"kind": "sgd", "lr": 0.001},
+                         "main": {"kind": "adam", "lr": 0.02, "betas": [0.3, 0.9], "weight_decay": 0.05}},
+     (40, 4, 4, 6, 25)),
+    ("x_rmsmom_noncentered", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 0.004, "momentum": 0.5, "nesterov": True},
+                              "main": {"kind": "rmsprop", "lr": 0.002, "alpha": 0.95, "eps": 1e-6, "momentum": 0.3}},
+     (64, 3, 1, 16, 24)),
+    ("x_maximize", {"n_ref": 2, "reference": {"kind": "sgd", "lr": 0.003, "momentum": 0.5, "maximize": True},
+                    "main": {"kind": "adamw", "lr": 0.005, "maximize": True}},
+     (64, 5, 3, 8, 24)),
+]
 
 
 # 16-bit cases (tests/golden16/): SGD reference (the paper's), the main optimizers, per-tensor
@@ -340,30 +386,48 @@ CASES16 = [
      (64, 5, 3, 8, 27)),
 ]
 
-DTYPES = {"float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float32 cases (`--dtype float32`, realized delta): the configurations of tests/golden32/ (those
+# files come from the shared generator, whose problem draw differs: these are not them).
+CASES32 = [
+    ("sgd_adam_ratio10", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 0.001},
+                          "main": {"kind": "adam", "lr": 0.01}}, (64, 5, 3, 8, 24)),
+    ("sgd_adam_ratio1e4", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 1e-6},
+                           "main": {"kind": "adam", "lr": 0.01}}, (64, 5, 3, 8, 24)),
+    ("sgd_rmsprop_ratio1e3", {"n_ref": 1, "reference": {"kind": "sgd", "lr": 5e-6},
+                              "main": {"kind": "rmsprop", "lr": 0.005}}, (64, 5, 3, 8, 24)),
+]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", nargs="?", default="tests/golden/extra", help="output folder")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
-    ap.add_argument("--delta", choices=["accumulated", "realized"], default="accumulated",
-                    help="16-bit runs only: how PROFIT's delta is formed (float64 runs sum the "
-                         "reference steps' differences, equal to both to ~1e-16)")
+    ap.add_argument("--delta", choices=["accumulated", "realized"], default=None,
+                    help="16-bit runs only: how PROFIT's delta is formed (default accumulated; "
+                         "float64 runs sum the reference steps' differences, equal to both to "
+                         "~1e-16; float32 runs take the realized delta only)")
     ap.add_argument("--rounding", choices=["per_op", "once"], default="per_op",
                     help="16-bit runs only: per_op (default) as torch.optim in that dtype rounds "
                          "after every op; once: the same ops in float32, every stored value "
                          "rounded once per step (a diagnostic: this library's 16-bit semantics)")
     ap.add_argument("--min-cos", type=float, default=None,
                     help="draw seeds until |cos(delta, g)| exceeds this at every main call "
-                         "(default 1e-3 in float64, 2e-2 in 16 bits)")
+                         "(default 1e-3 in float64, 2e-2 in float32 and 16 bits)")
     args = ap.parse_args()
+    if args.dtype == "float32":
+        if args.delta == "accumulated" or args.rounding != "per_op":
+            ap.error("--dtype float32 makes realized-delta files only (tests/golden32/)")
+        args.delta = "realized"
+    elif args.delta is None:
+        args.delta = "accumulated"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = DTYPES[args.dtype]
     wide = dtype == torch.float64
     min_cos_wanted = args.min_cos if args.min_cos is not None else (1e-3 if wide else 2e-2)
-    cases = CASES if wide else CASES16
+    cases = CASES if wide else CASES32 if dtype == torch.float32 else CASES16
     for name, config, (n, d, k, batch, calls) in cases:
         for seed in range(1000, 1100):
             if wide:
@@ -377,9 +441,9 @@ def main():
             rejected = seed - 1000
             if rejected:
                 print(f"{name}: {rejected} seed(s) rejected (projection decision near |cos| {min_cos_wanted} or non-finite)")
-        short = {"float64": "", "bfloat16": "bf16_", "float16": "f16_"}[args.dtype]
+        short = {"float64": "", "float32": "f32_", "bfloat16": "bf16_", "float16": "f16_"}[args.dtype]
         once = "once_" if args.rounding == "once" else ""
-        fname = name if wide else f"{short}{once}{args.delta[:3]}_{name}"
+        fname = name if wide else f"{short}{name}" if dtype == torch.float32 else f"{short}{once}{args.delta[:3]}_{name}"
         (out / f"{fname}.json").write_text(json.dumps(case))
         fired = sum(1 for r in case["trajectory"] if r["phase"] == "main" and
                     (any(r["projected"]) if isinstance(r["projected"], list) else r["projected"]))

@@ -13,6 +13,7 @@
 
 mod provided;
 
+pub use crate::batch::{Batch, Grads, Item, Parts};
 pub use crate::decision::{projection_scalars, total, Decision, Verdict, TOTAL_LANES};
 pub use crate::kernel::{DeltaView, Kernel, Pass, Reduction, StorageOrder, TensorState, Variant};
 
@@ -100,67 +101,44 @@ pub trait TensorOps: Sized + 'static {
         provided::apply::<Self>(kernel, param, grad, state)
     }
 
-    /// Reductions of many tensors into `out` (one entry per tensor; zero where `active[i]` is
-    /// false). `states` is `None` for the gradient-only pre-pass; otherwise each tensor's delta
-    /// is [`TensorState::delta_view`] of its state and parameter. Provided: loops over
-    /// [`reduce`](Self::reduce).
+    /// Reductions of every active tensor of `batch` into its reduction slots (zero for the
+    /// others). With `with_delta` (main calls) each tensor's delta is
+    /// [`TensorState::delta_view`] of its state and parameter; without, only `|g|^2` (the
+    /// gradient pre-pass). Provided: loops over [`reduce`](Self::reduce).
     fn reduce_all(
-        active: &[bool],
-        params: &[&mut Self::Tensor],
-        states: Option<&[TensorState<Self::Tensor>]>,
-        grads: &[&Self::Tensor],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>,
+        with_delta: bool,
     ) -> Result<(), BackendError> {
-        for (i, (g, o)) in grads.iter().zip(out.iter_mut()).enumerate() {
-            *o = if active[i] {
-                let delta = states.map_or(DeltaView::None, |s| s[i].delta_view(&*params[i]));
-                Self::reduce(delta, g)?
-            } else {
-                Reduction::default()
-            };
+        batch.clear_out();
+        for it in batch.items() {
+            let delta = if with_delta { it.state.delta_view(&*it.param) } else { DeltaView::None };
+            *it.out = Self::reduce(delta, it.grad)?;
         }
         Ok(())
     }
 
-    /// One fused pass over many tensors (`kernels[i]` for tensor `i`, skipped where `active[i]`
-    /// is false). Provided: loops over [`apply`](Self::apply).
-    fn apply_all(
-        active: &[bool],
-        kernels: &[Kernel<Self::Elem>],
-        params: &mut [&mut Self::Tensor],
-        grads: &[&Self::Tensor],
-        states: &mut [TensorState<Self::Tensor>],
-    ) -> Result<(), BackendError> {
-        let it = kernels.iter().zip(params.iter_mut()).zip(grads).zip(states);
-        for (i, (((k, p), g), s)) in it.enumerate() {
-            if active[i] {
-                Self::apply(k, p, g, s)?;
-            }
+    /// One fused pass over every active tensor of `batch`, each with its kernel. Provided:
+    /// loops over [`apply`](Self::apply).
+    fn apply_all(batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>) -> Result<(), BackendError> {
+        for it in batch.items() {
+            Self::apply(it.kernel, it.param, it.grad, it.state)?;
         }
         Ok(())
     }
 
-    /// Per-tensor projection, one tensor at a time: reduce tensor `i`'s delta and gradient
-    /// into `out[i]`, let `coef(out[i])` set `kernels[i]`'s projection, then apply `kernels[i]`,
-    /// for every active tensor. Provided: loops over [`reduce`](Self::reduce) and
+    /// Per-tensor projection, one tensor at a time: reduce each active tensor's delta and
+    /// gradient into its slot, let `coef` set its kernel's projection from that reduction,
+    /// then apply the kernel. Provided: loops over [`reduce`](Self::reduce) and
     /// [`apply`](Self::apply).
-    #[allow(clippy::too_many_arguments)]
     fn reduce_apply_all(
-        active: &[bool],
-        kernels: &mut [Kernel<Self::Elem>],
-        params: &mut [&mut Self::Tensor],
-        grads: &[&Self::Tensor],
-        states: &mut [TensorState<Self::Tensor>],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>,
         coef: &(dyn Fn(Reduction, &mut Kernel<Self::Elem>) + Sync),
     ) -> Result<(), BackendError> {
-        let it = kernels.iter_mut().zip(params.iter_mut()).zip(grads).zip(states).zip(out);
-        for (i, ((((k, p), g), s), o)) in it.enumerate() {
-            if active[i] {
-                *o = Self::reduce(s.delta_view(p), g)?;
-                coef(*o, k);
-                Self::apply(k, p, g, s)?;
-            }
+        batch.clear_out();
+        for it in batch.items() {
+            *it.out = Self::reduce(it.state.delta_view(&*it.param), it.grad)?;
+            coef(*it.out, it.kernel);
+            Self::apply(it.kernel, it.param, it.grad, it.state)?;
         }
         Ok(())
     }
@@ -168,22 +146,16 @@ pub trait TensorOps: Sized + 'static {
     /// Reductions, decision and update as one call, for a backend that can decide where its
     /// data lives, so that the update is enqueued right behind the reductions with no wait for
     /// the host in between. It must equal, bitwise, what the core does otherwise:
-    /// [`reduce_all`](Self::reduce_all) into `out` (with `states` at main calls, that is when
-    /// `decision.projection` is `Some`, else `None`), then [`Decision::evaluate`] over `out`
-    /// and `kernels` (whose pass and rule are set), then, only when the verdict is
-    /// [`Verdict::Apply`], [`apply_all`](Self::apply_all). Returns the verdict with `out`
-    /// filled; on any other verdict nothing has changed.
+    /// [`reduce_all`](Self::reduce_all) (with the deltas at main calls, that is when
+    /// `decision.projection` is `Some`), then [`Decision::evaluate`] over the reductions and
+    /// kernels (whose pass and rule are set), then, only when the verdict is
+    /// [`Verdict::Apply`], [`apply_all`](Self::apply_all). Returns the verdict with the
+    /// reductions filled; on any other verdict nothing has changed.
     ///
     /// Provided: `Ok(None)`, and the core runs those three steps itself.
-    #[allow(clippy::too_many_arguments)]
     fn reduce_decide_apply(
         _decision: &Decision,
-        _active: &[bool],
-        _kernels: &mut [Kernel<Self::Elem>],
-        _params: &mut [&mut Self::Tensor],
-        _grads: &[&Self::Tensor],
-        _states: &mut [TensorState<Self::Tensor>],
-        _out: &mut [Reduction],
+        _batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>,
     ) -> Result<Option<Verdict>, BackendError> {
         Ok(None)
     }

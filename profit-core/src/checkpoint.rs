@@ -62,7 +62,7 @@ use crate::element::{Dtype as ElemDtype, Element};
 use crate::error::{ProfitError, Result};
 use crate::kernel::StorageOrder;
 use crate::profit::Profit;
-use crate::state::{BufferKind, Counters, GroupState, ParamInfo, StateMeta};
+use crate::state::{BufferKind, Counters, GroupState, ParamInfo, StateMeta, TensorSteps};
 
 /// Value of the `format` header field.
 pub const FORMAT: &str = "profit-checkpoint";
@@ -187,6 +187,10 @@ struct ParamHeader {
     name: String,
     shape: Vec<usize>,
     group: usize,
+    /// The tensor's inner-optimizer steps, written only where they differ from the
+    /// optimizer's counts (a tensor that sat calls out without a gradient); absent: those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    steps: Option<TensorSteps>,
 }
 
 /// Group rates; the ratio is stored as raw bits because it may be infinite.
@@ -328,6 +332,12 @@ fn file_keys(meta: &StateMeta, include_params: bool) -> Vec<(String, usize, Buf)
 }
 
 impl Header {
+    /// The steps of a tensor that never sat a call out.
+    fn steps(&self) -> TensorSteps {
+        let reference = self.config.reference_calls(self.calls);
+        TensorSteps { reference, main: self.calls - reference }
+    }
+
     /// The state this header describes.
     fn meta(&self) -> StateMeta {
         StateMeta {
@@ -342,7 +352,12 @@ impl Header {
             params: self
                 .params
                 .iter()
-                .map(|p| ParamInfo { name: p.name.clone(), shape: p.shape.clone(), group: p.group })
+                .map(|p| ParamInfo {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    group: p.group,
+                    steps: p.steps.unwrap_or(self.steps()),
+                })
                 .collect(),
             rank: self.rank,
             world_size: self.world_size,
@@ -673,7 +688,7 @@ impl<B: TensorOps> Profit<B> {
         let meta = self.meta();
         let mut staging = Staging::<B::Elem>::new();
         let c = meta.counters;
-        let header = Header {
+        let mut header = Header {
             format: FORMAT.into(),
             version: VERSION,
             dtype: B::Elem::DTYPE,
@@ -687,17 +702,24 @@ impl<B: TensorOps> Profit<B> {
             projected_calls: Some(c.projected_calls),
             stalled_calls: Some(c.stalled_calls),
             groups: meta.groups.iter().map(GroupHeader::from).collect(),
-            params: meta
-                .params
-                .iter()
-                .map(|p| ParamHeader { name: p.name.clone(), shape: p.shape.clone(), group: p.group })
-                .collect(),
+            params: vec![],
             fingerprint: Some(fingerprint::<B>(params, &mut staging, B::Elem::DTYPE)?),
             includes_params: opts.include_params,
             rank: meta.rank,
             world_size: meta.world_size,
             crc32: Crc::Hex(HEX_ZERO.into()),
         };
+        let derived = header.steps();
+        header.params = meta
+            .params
+            .iter()
+            .map(|p| ParamHeader {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                group: p.group,
+                steps: (p.steps != derived).then_some(p.steps),
+            })
+            .collect();
         let state = self.state()?;
         let keys = file_keys(&meta, opts.include_params);
         let width = B::Elem::DTYPE.size();

@@ -60,6 +60,7 @@ pub mod algorithm {
     #![doc = include_str!("../ALGORITHM.md")]
 }
 pub mod backend;
+mod batch;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;

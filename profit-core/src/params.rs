@@ -4,13 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::TensorOps;
+use crate::backend::{Batch, Grads};
 use crate::config::LrCoupling;
 use crate::decision::{Decision, Verdict};
 use crate::element::Element;
 use crate::error::{ProfitError, Result};
-use crate::kernel::{Kernel, Reduction, TensorState};
+use crate::kernel::{Kernel, Pass, Reduction, TensorState};
 use crate::optim::check_lr;
-use crate::state::{ratio_of, BufferKind, GroupState, ParamInfo, StateBuffer, StateMeta};
+use crate::state::{ratio_of, BufferKind, GroupState, ParamInfo, StateBuffer, StateMeta, TensorSteps};
 
 /// Per-group options, as `torch.optim` parameter groups: anything left `None` comes from the
 /// optimizer's own configuration.
@@ -66,10 +67,18 @@ pub(crate) struct Registry<B: TensorOps> {
     pub numels: Vec<usize>,
     pub group_of: Vec<usize>,
     pub groups: Vec<GroupState>,
+    /// Not frozen.
+    pub trainable: Vec<bool>,
+    /// Takes part in the current call: trainable, with a gradient ([`Registry::begin_call`]).
     pub active: Vec<bool>,
+    /// The steps each tensor's inner optimizers have taken (they differ from the optimizer's
+    /// counts only for a tensor that sat calls out without a gradient).
+    pub steps: Vec<TensorSteps>,
     pub states: Vec<TensorState<B::Tensor>>,
     pub kernels: Vec<Kernel<B::Elem>>,
     pub reductions: Vec<Reduction>,
+    /// Host scratch for the bookkeeping of tensors without a gradient (grown when first needed).
+    scratch: [Vec<B::Elem>; 2],
 }
 
 /// What to allocate per trainable tensor.
@@ -92,10 +101,13 @@ impl<B: TensorOps> Registry<B> {
             numels: vec![],
             group_of: vec![],
             groups: vec![],
+            trainable: vec![],
             active: vec![],
+            steps: vec![],
             states: vec![],
             kernels: vec![],
             reductions: vec![],
+            scratch: [vec![], vec![]],
         };
         for (gi, group) in groups.iter().enumerate() {
             let gs = base(&group.options);
@@ -122,10 +134,10 @@ impl<B: TensorOps> Registry<B> {
                 reg.shapes.push(shape);
                 reg.numels.push(numel);
                 reg.group_of.push(gi);
-                reg.active.push(!gs.frozen);
+                reg.trainable.push(!gs.frozen);
             }
         }
-        if !reg.active.iter().any(|&a| a) {
+        if !reg.trainable.iter().any(|&a| a) {
             return Err(ProfitError::NoParameters);
         }
         for group in &groups {
@@ -149,11 +161,13 @@ impl<B: TensorOps> Registry<B> {
         B::prepare(&all)?;
         reg.kernels = vec![Kernel::idle(); n];
         reg.reductions = vec![Reduction::default(); n];
+        reg.active.clone_from(&reg.trainable);
+        reg.steps = vec![TensorSteps::default(); n];
         Ok(reg)
     }
 
     /// Check counts, shapes and layouts of one call's arguments. Mutates nothing.
-    pub fn check_call(&self, params: &[&mut B::Tensor], grads: &[&B::Tensor]) -> Result<()> {
+    pub fn check_call(&self, params: &[&mut B::Tensor], grads: Grads<'_, B::Tensor>) -> Result<()> {
         let n = self.names.len();
         if params.len() != n {
             return Err(ProfitError::CountMismatch { what: "parameter", expected: n, got: params.len() });
@@ -161,49 +175,128 @@ impl<B: TensorOps> Registry<B> {
         if grads.len() != n {
             return Err(ProfitError::CountMismatch { what: "gradient", expected: n, got: grads.len() });
         }
-        for i in 0..n {
-            self.check_tensor(i, "parameter", params[i])?;
-            self.check_tensor(i, "gradient", grads[i])?;
+        for (i, p) in params.iter().enumerate() {
+            self.check_tensor(i, "parameter", p)?;
+            if let Some(g) = grads.get(i) {
+                self.check_tensor(i, "gradient", g)?;
+            }
         }
         Ok(())
     }
 
+    /// Mark the tensors that take part in a call: trainable ones with a gradient.
+    pub fn begin_call(&mut self, grads: Grads<'_, B::Tensor>) {
+        for (i, (a, &t)) in self.active.iter_mut().zip(&self.trainable).enumerate() {
+            *a = t && grads.get(i).is_some();
+        }
+    }
+
+    /// The call's tensors as one checked [`Batch`].
+    pub fn batch<'b, 'p>(
+        &'b mut self,
+        params: &'b mut [&'p mut B::Tensor],
+        grads: Grads<'b, B::Tensor>,
+    ) -> Result<Batch<'b, 'p, B::Tensor, B::Elem>> {
+        Ok(Batch::new(
+            &self.active,
+            &mut self.kernels,
+            params,
+            grads,
+            &mut self.states,
+            &mut self.reductions,
+        )?)
+    }
+
     /// A call's reductions and decision, and its update where the backend decides where its
     /// data lives ([`TensorOps::reduce_decide_apply`], only when `on_device`). Otherwise
-    /// `reduce_all` (with the states at main calls), `combine` (a shard's all-reduce), then
+    /// `reduce_all` (with the deltas at main calls), `combine` (a shard's all-reduce), then
     /// [`Decision::evaluate`]. Returns the verdict and whether the update has run.
     pub fn reduce_and_decide(
         &mut self,
         decision: &Decision,
         params: &mut [&mut B::Tensor],
-        grads: &[&B::Tensor],
+        grads: Grads<'_, B::Tensor>,
         on_device: bool,
         combine: impl FnOnce(&mut [Reduction]) -> Result<()>,
     ) -> Result<(Verdict, bool)> {
+        let mut batch = self.batch(params, grads)?;
         if on_device {
-            let done = B::reduce_decide_apply(
-                decision,
-                &self.active,
-                &mut self.kernels,
-                params,
-                grads,
-                &mut self.states,
-                &mut self.reductions,
-            )?;
-            if let Some(v) = done {
+            if let Some(v) = B::reduce_decide_apply(decision, &mut batch)? {
                 return Ok((v, true));
             }
         }
-        let states = decision.projection.is_some().then_some(&self.states[..]);
-        B::reduce_all(&self.active, params, states, grads, &mut self.reductions)?;
+        B::reduce_all(&mut batch, decision.projection.is_some())?;
         combine(&mut self.reductions)?;
         Ok((decision.evaluate(&self.active, &self.reductions, &mut self.kernels), false))
+    }
+
+    /// Apply every active tensor's kernel.
+    pub fn apply_all(&mut self, params: &mut [&mut B::Tensor], grads: Grads<'_, B::Tensor>) -> Result<()> {
+        Ok(B::apply_all(&mut self.batch(params, grads)?)?)
+    }
+
+    /// Count a step of the inner optimizer that `pass` uses for every tensor but those that
+    /// sat the call out (frozen tensors count along, so their counts stay the optimizer's).
+    pub fn count_steps(&mut self, pass: Pass) {
+        let sat_out = self.active.iter().zip(&self.trainable).map(|(&a, &t)| t && !a);
+        for (s, _) in self.steps.iter_mut().zip(sat_out).filter(|(_, out)| !out) {
+            match pass {
+                Pass::Reference { .. } => s.reference += 1,
+                _ => s.main += 1,
+            }
+        }
+    }
+
+    /// The cycle's bookkeeping for trainable tensors without a gradient at this call, which
+    /// take no step: a cycle's first reference call takes their anchor (and zeroes their
+    /// accumulated delta); the main call restores them. Through [`TensorOps::read`] and
+    /// [`TensorOps::write`]: this runs only when a gradient is missing.
+    pub fn sit_out(&mut self, pass: Pass, params: &mut [&mut B::Tensor]) -> Result<()> {
+        let zero = B::Elem::from_f64(0.0);
+        let it = params.iter_mut().zip(&mut self.states).zip(&self.numels);
+        for (i, ((p, s), &n)) in it.enumerate() {
+            if self.active[i] || !self.trainable[i] {
+                continue;
+            }
+            let [a, b] = &mut self.scratch;
+            a.resize(n, zero);
+            b.resize(n, zero);
+            match pass {
+                Pass::Reference { first: true } => {
+                    if let Some(anchor) = s.anchor.as_mut() {
+                        B::read(p, a)?;
+                        B::write(anchor, a)?;
+                    }
+                    if let Some(delta) = s.delta.as_mut() {
+                        b.fill(zero);
+                        B::write(delta, b)?;
+                    }
+                }
+                Pass::Main => match (&s.anchor, &s.delta) {
+                    (Some(anchor), _) => {
+                        B::read(anchor, a)?;
+                        B::write(p, a)?;
+                    }
+                    (None, Some(delta)) => {
+                        B::read(p, a)?;
+                        B::read(delta, b)?;
+                        for (x, d) in a.iter_mut().zip(b.iter()) {
+                            *x = B::Elem::store(x.load() - d.load());
+                        }
+                        B::write(p, a)?;
+                    }
+                    (None, None) => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Parameters (elements) of trainable tensors.
     pub fn trainable_elements(&self) -> usize {
         (0..self.names.len())
-            .filter(|&i| self.active[i])
+            .filter(|&i| self.trainable[i])
             .map(|i| self.shapes[i].iter().product::<usize>())
             .sum()
     }
@@ -328,6 +421,7 @@ impl<B: TensorOps> Registry<B> {
                 name: self.names[i].clone(),
                 shape: self.shapes[i].clone(),
                 group: self.group_of[i],
+                steps: self.steps[i],
             })
             .collect()
     }

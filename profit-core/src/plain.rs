@@ -1,6 +1,6 @@
 //! An inner optimizer used on its own, as a plain `torch.optim`-style optimizer.
 
-use crate::backend::TensorOps;
+use crate::backend::{Grads, TensorOps};
 use crate::config::{LrCoupling, NonFinitePolicy};
 use crate::decision::{Decision, Verdict};
 use crate::element::{Element, Real};
@@ -62,6 +62,7 @@ impl<B: TensorOps> Plain<B> {
     /// One step. Checks everything before changing anything. Returns `false` when the call was
     /// skipped for a non-finite gradient (policy `Skip`).
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<bool> {
+        let grads = Grads::Every(grads);
         self.reg.check_call(params, grads)?;
         let step = self.steps + 1;
         for i in 0..self.reg.names.len() {
@@ -93,7 +94,7 @@ impl<B: TensorOps> Plain<B> {
             reg.kernels.iter_mut().for_each(|k| k.grad_scale = gs);
         }
         if !applied {
-            B::apply_all(&reg.active, &reg.kernels, params, grads, &mut reg.states)?;
+            reg.apply_all(params, grads)?;
         }
         self.steps = step;
         Ok(true)

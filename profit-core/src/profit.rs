@@ -21,7 +21,7 @@
 
 use std::borrow::Borrow;
 
-use crate::backend::TensorOps;
+use crate::backend::{Grads, TensorOps};
 use crate::collective::{all_reduce, Collective, SingleProcess};
 use crate::config::{Delta, NonFinitePolicy, ProfitConfig, Projection, Restore, MAX_CALLS};
 use crate::decision::{projection_coef, projection_scalars, total, Decision, Verdict};
@@ -155,12 +155,35 @@ impl<B: TensorOps> Profit<B> {
     /// Arguments are checked (counts, shapes, layouts, finiteness) before anything is changed;
     /// on error nothing is changed.
     pub fn step(&mut self, params: &mut [&mut B::Tensor], grads: &[&B::Tensor]) -> Result<StepReport> {
+        self.step_grads(params, Grads::Every(grads))
+    }
+
+    /// One call in which some tensors may have no gradient (`None`, as a `torch.optim`
+    /// parameter whose `grad` is `None`). Such a tensor sits the call out: it takes no step,
+    /// its inner optimizers' state and step counts stay as they are, and it adds nothing to the
+    /// sums (projection, clipping, non-finite check). The cycle still applies to it: the first
+    /// reference call of a cycle takes its anchor and the main call restores it, undoing any
+    /// reference steps it took in the cycle (`ALGORITHM.md`, section 1).
+    pub fn step_partial(
+        &mut self,
+        params: &mut [&mut B::Tensor],
+        grads: &[Option<&B::Tensor>],
+    ) -> Result<StepReport> {
+        self.step_grads(params, Grads::Some(grads))
+    }
+
+    fn step_grads(
+        &mut self,
+        params: &mut [&mut B::Tensor],
+        grads: Grads<'_, B::Tensor>,
+    ) -> Result<StepReport> {
         self.reg.check_call(params, grads)?;
         if self.counters.calls >= MAX_CALLS {
             return Err(ProfitError::CallLimit { limit: MAX_CALLS });
         }
         let (phase, first) = self.phase_at(self.counters.calls);
-        let decision = self.prepare_kernels(phase, first);
+        self.reg.begin_call(grads);
+        let (pass, decision) = self.prepare_kernels(phase, first);
         // The non-finite check and the clipping norm must see every gradient before any
         // tensor changes: a pass of reductions first, unless neither is asked for.
         let pre_pass = decision.check_finite || decision.max_grad_norm.is_some();
@@ -175,19 +198,16 @@ impl<B: TensorOps> Profit<B> {
                 Some(scale) => scale,
                 None => {
                     self.counters.skipped += 1;
-                    let skipped = Phase::Skipped;
-                    return Ok(StepReport {
-                        call: self.counters.calls,
-                        phase: skipped,
-                        grad_scale: 1.0,
-                        main: None,
-                    });
+                    let call = self.counters.calls;
+                    return Ok(StepReport { call, phase: Phase::Skipped, grad_scale: 1.0, main: None });
                 }
             }
         } else {
             self.apply_unreduced(decision.sign, params, grads)?;
             1.0
         };
+        self.reg.sit_out(pass, params)?;
+        self.reg.count_steps(pass);
         let main = (phase == Phase::Main).then(|| self.record_main(scale));
         let call = self.counters.calls;
         self.counters.calls += 1;
@@ -208,31 +228,32 @@ impl<B: TensorOps> Profit<B> {
     }
 
     /// Set every kernel's pass and rule for this call (the reference or the main optimizer,
-    /// at its group's rates), and say what the call must decide.
-    fn prepare_kernels(&mut self, phase: Phase, first: bool) -> Decision {
-        let (pass, inner, step) = match phase {
-            Phase::Reference => {
-                (Pass::Reference { first }, self.config.reference, self.reference_steps() + 1)
-            }
-            Phase::Main => (Pass::Main, self.config.main, self.main_steps() + 1),
-            _ => (Pass::Plain, self.config.main, self.main_steps() + 1),
+    /// at its group's rates and the tensor's own step count), and say what the call must
+    /// decide.
+    fn prepare_kernels(&mut self, phase: Phase, first: bool) -> (Pass, Decision) {
+        let (pass, inner) = match phase {
+            Phase::Reference => (Pass::Reference { first }, self.config.reference),
+            Phase::Main => (Pass::Main, self.config.main),
+            _ => (Pass::Plain, self.config.main),
         };
-        for (k, &g) in self.reg.kernels.iter_mut().zip(&self.reg.group_of) {
-            let g = &self.reg.groups[g];
-            let (lr, wd) = match phase {
-                Phase::Reference => (g.ref_lr, g.ref_weight_decay),
-                _ => (g.lr, g.weight_decay),
+        let reg = &mut self.reg;
+        for ((k, &g), steps) in reg.kernels.iter_mut().zip(&reg.group_of).zip(&reg.steps) {
+            let g = &reg.groups[g];
+            let (lr, wd, step) = match phase {
+                Phase::Reference => (g.ref_lr, g.ref_weight_decay, steps.reference + 1),
+                _ => (g.lr, g.weight_decay, steps.main + 1),
             };
             k.pass = pass;
             k.rule = inner.rule(step, lr, wd);
         }
-        Decision {
+        let decision = Decision {
             check_finite: self.config.non_finite != NonFinitePolicy::Propagate,
             max_grad_norm: self.config.max_grad_norm,
             // With `maximize` the inner optimizer negates the (projected) gradient.
             sign: inner.grad_sign(),
             projection: (phase == Phase::Main).then_some(self.config.projection == Projection::Global),
-        }
+        };
+        (pass, decision)
     }
 
     /// A per-tensor main call with nothing to check first: each tensor's reductions fused with
@@ -242,7 +263,7 @@ impl<B: TensorOps> Profit<B> {
         &mut self,
         sign: f64,
         params: &mut [&mut B::Tensor],
-        grads: &[&B::Tensor],
+        grads: Grads<'_, B::Tensor>,
     ) -> Result<()> {
         let coef = |r: Reduction, k: &mut Kernel<B::Elem>| {
             let c = projection_coef(r.omega, r.delta_sq);
@@ -250,16 +271,7 @@ impl<B: TensorOps> Profit<B> {
             (k.proj, k.delta_scale) = projection_scalars(sign * c, r.delta_sq)
                 .unwrap_or((<R<B> as num_traits::Float>::infinity(), R::<B>::from_f64(1.0)));
         };
-        let reg = &mut self.reg;
-        B::reduce_apply_all(
-            &reg.active,
-            &mut reg.kernels,
-            params,
-            grads,
-            &mut reg.states,
-            &mut reg.reductions,
-            &coef,
-        )?;
+        B::reduce_apply_all(&mut self.reg.batch(params, grads)?, &coef)?;
         Ok(())
     }
 
@@ -269,7 +281,7 @@ impl<B: TensorOps> Profit<B> {
         &mut self,
         decision: &Decision,
         params: &mut [&mut B::Tensor],
-        grads: &[&B::Tensor],
+        grads: Grads<'_, B::Tensor>,
     ) -> Result<Option<f64>> {
         let (sums, collective) = (&mut self.sums, &mut self.collective);
         let on_device = sums.is_empty();
@@ -287,7 +299,7 @@ impl<B: TensorOps> Profit<B> {
             }
         }
         if !applied {
-            B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
+            self.reg.apply_all(params, grads)?;
         }
         Ok(Some(decision.clip_scale(total(&self.reg.reductions))))
     }
@@ -297,14 +309,13 @@ impl<B: TensorOps> Profit<B> {
         &mut self,
         sign: f64,
         params: &mut [&mut B::Tensor],
-        grads: &[&B::Tensor],
+        grads: Grads<'_, B::Tensor>,
     ) -> Result<()> {
         for k in &mut self.reg.kernels {
             (k.grad_scale, k.proj, k.delta_scale) =
                 (R::<B>::from_f64(sign), R::<B>::from_f64(0.0), R::<B>::from_f64(1.0));
         }
-        B::apply_all(&self.reg.active, &self.reg.kernels, params, grads, &mut self.reg.states)?;
-        Ok(())
+        self.reg.apply_all(params, grads)
     }
 
     /// The main call's report (its reductions scaled by the clipping factor), counted.
@@ -387,6 +398,11 @@ impl<B: TensorOps> Profit<B> {
         self.config = meta.config;
         self.counters = meta.counters;
         self.reg.groups.clone_from(&meta.groups);
+        for p in &meta.params {
+            if let Some(i) = self.reg.names.iter().position(|n| *n == p.name) {
+                self.reg.steps[i] = p.steps;
+            }
+        }
     }
 
     /// One state buffer of parameter `i`, to overwrite (checkpoint loading).

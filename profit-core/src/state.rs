@@ -101,6 +101,17 @@ pub struct Counters {
     pub stalled_calls: u64,
 }
 
+/// The steps one tensor's inner optimizers have taken (`torch.optim`'s per-parameter
+/// `state["step"]`): the optimizer's own counts, unless the tensor sat calls out without a
+/// gradient ([`Profit::step_partial`](crate::profit::Profit::step_partial)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSteps {
+    /// Reference optimizer steps.
+    pub reference: u64,
+    /// Main optimizer steps (warm-up and main calls).
+    pub main: u64,
+}
+
 /// One registered parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamInfo {
@@ -110,6 +121,8 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// The index of its group.
     pub group: usize,
+    /// Its inner optimizers' steps.
+    pub steps: TensorSteps,
 }
 
 /// Which buffer of a parameter's state.
@@ -271,9 +284,13 @@ impl StateMeta {
         if c.calls > MAX_CALLS || c.skipped > MAX_CALLS {
             return Err(state_err(format!("counters above {MAX_CALLS}")));
         }
-        let mains = c.calls - self.config.reference_calls(c.calls);
+        let refs = self.config.reference_calls(c.calls);
+        let mains = c.calls - refs;
         if c.projected_calls > mains || c.stalled_calls > c.projected_calls {
             return Err(state_err("projection counters exceed the main calls"));
+        }
+        if let Some(p) = self.params.iter().find(|p| p.steps.reference > refs || p.steps.main > mains) {
+            return Err(state_err(format!("`{}`: more steps than calls", p.name)));
         }
         Ok(())
     }

@@ -63,8 +63,8 @@ fn init(case: &GoldenCase) -> Vec<Vec<f64>> {
 
 /// The optimizer a replay runs: single-process, or sharded over `world` ranks aligned to `align`.
 enum Opt<E: Element> {
-    Single(Profit<VecBackend<E>>),
-    Sharded(ShardedProfit<E>),
+    Single(Box<Profit<VecBackend<E>>>),
+    Sharded(Box<ShardedProfit<E>>),
 }
 
 /// Replay a golden case's batches (gradients taken at the current parameters) single-process
@@ -78,11 +78,11 @@ pub fn run<E: Element>(
     let named: Vec<(&str, &VecTensor<E>)> =
         case.problem.params.iter().zip(&params).map(|(p, t)| (p.name.as_str(), t)).collect();
     let mut opt = match world {
-        None => Opt::Single(Profit::with_names(config, &named).map_err(|e| e.to_string())?),
-        Some((w, a)) => Opt::Sharded(
+        None => Opt::Single(Box::new(Profit::with_names(config, &named).map_err(|e| e.to_string())?)),
+        Some((w, a)) => Opt::Sharded(Box::new(
             ShardedProfit::new(config, vec![ParamGroup::new(named.iter().copied())], w, a)
                 .map_err(|e| e.to_string())?,
-        ),
+        )),
     };
     let mut trace = Trace { params: vec![], phases: vec![], projected: vec![] };
     for (call, rows) in case.problem.batches.iter().enumerate() {

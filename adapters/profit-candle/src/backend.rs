@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, StorageRef, Tensor};
-use profit_core::backend::{DeltaView, Kernel, Reduction, TensorOps, TensorState};
+use profit_core::backend::{Batch, DeltaView, Grads, Kernel, Parts, Reduction, TensorOps, TensorState};
 use profit_core::element::Element;
 use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
@@ -237,14 +237,14 @@ fn dtype_err<E: CandleElement>(t: &Tensor) -> BackendError {
 /// a parameter (taking those locks would deadlock). Takes and releases one read lock per tensor.
 fn check_aliasing<E: CandleElement>(
     params: &[&mut CandleBuf<E>],
-    grads: &[&CandleBuf<E>],
+    grads: Grads<'_, CandleBuf<E>>,
 ) -> Result<(), BackendError> {
     let mut keys: Vec<usize> = params.iter().filter_map(|p| p.as_tensor()).map(storage_key).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return Err(BackendError::Device("two parameters share a candle storage".into()));
     }
-    for g in grads.iter().filter_map(|g| g.as_tensor()) {
+    for g in (0..grads.len()).filter_map(|i| grads.get(i)?.as_tensor()) {
         if keys.binary_search(&storage_key(g)).is_ok() {
             return Err(BackendError::Device("a gradient shares its storage with a parameter".into()));
         }
@@ -463,99 +463,73 @@ impl<E: CandleElement> TensorOps for Candle<E> {
         grad: &CandleBuf<E>,
         state: &mut TensorState<CandleBuf<E>>,
     ) -> Result<(), BackendError> {
-        check_aliasing(&[&mut *param], &[grad])?;
+        check_aliasing(&[&mut *param], Grads::Every(&[grad]))?;
         let mut reads = Reads::new();
         let g = reads.view(grad)?;
         with_param_views(&mut [param], &mut |p| <Views<E> as TensorOps>::apply(kernel, p[0], &g, state))
     }
 
-    fn reduce_all(
-        active: &[bool],
-        params: &[&mut CandleBuf<E>],
-        states: Option<&[TensorState<CandleBuf<E>>]>,
-        grads: &[&CandleBuf<E>],
-        out: &mut [Reduction],
-    ) -> Result<(), BackendError> {
+    fn reduce_all(batch: &mut Batch<'_, '_, CandleBuf<E>, E>, with_delta: bool) -> Result<(), BackendError> {
+        let Parts { active, kernels, params, grads, states, out } = batch.parts();
         check_aliasing(params, grads)?;
         let mut reads = Reads::new();
-        let g = read_views(&mut reads, grads.iter().copied())?;
-        let mut p = match states {
-            Some(_) => read_views(&mut reads, params.iter().map(|p| &**p))?,
-            None => vec![],
-        };
-        let pr: Vec<&mut CandleBuf<E>> = p.iter_mut().collect();
-        let gr: Vec<&CandleBuf<E>> = g.iter().collect();
-        match states {
-            Some(s) => <Views<E> as TensorOps>::reduce_all(active, &pr, Some(s), &gr, out),
-            // The gradient-only pre-pass never reads a parameter: pass the gradients' views
-            // in their place (same lengths).
-            None => {
-                let mut gp = read_views(&mut reads, grads.iter().copied())?;
-                let gpr: Vec<&mut CandleBuf<E>> = gp.iter_mut().collect();
-                <Views<E> as TensorOps>::reduce_all(active, &gpr, None, &gr, out)
-            }
-        }
+        let g = grad_views(&mut reads, grads)?;
+        let gr: Vec<Option<&CandleBuf<E>>> = g.iter().map(Option::as_ref).collect();
+        // Reductions only read the parameters: read-only views of them.
+        let mut p = read_views(&mut reads, params.iter().map(|p| &**p))?;
+        let mut pr: Vec<&mut CandleBuf<E>> = p.iter_mut().collect();
+        let mut views = Batch::new(active, kernels, &mut pr, Grads::Some(&gr), states, out)?;
+        <Views<E> as TensorOps>::reduce_all(&mut views, with_delta)
     }
 
-    fn apply_all(
-        active: &[bool],
-        kernels: &[Kernel<E>],
-        params: &mut [&mut CandleBuf<E>],
-        grads: &[&CandleBuf<E>],
-        states: &mut [TensorState<CandleBuf<E>>],
-    ) -> Result<(), BackendError> {
-        check_aliasing(params, grads)?;
-        let mut reads = Reads::new();
-        let g = read_views(&mut reads, grads.iter().copied())?;
-        let gr: Vec<&CandleBuf<E>> = g.iter().collect();
-        let n = params.len();
-        let mut start = 0;
-        for chunk in params.chunks_mut(NEST) {
-            let end = start + chunk.len();
-            with_param_views(chunk, &mut |p| {
-                <Views<E> as TensorOps>::apply_all(
-                    &active[start..end],
-                    &kernels[start..end],
-                    p,
-                    &gr[start..end],
-                    &mut states[start..end],
-                )
-            })?;
-            start = end;
-        }
-        debug_assert_eq!(start, n);
-        Ok(())
+    fn apply_all(batch: &mut Batch<'_, '_, CandleBuf<E>, E>) -> Result<(), BackendError> {
+        nested(batch, &mut |views| <Views<E> as TensorOps>::apply_all(views))
     }
 
     fn reduce_apply_all(
-        active: &[bool],
-        kernels: &mut [Kernel<E>],
-        params: &mut [&mut CandleBuf<E>],
-        grads: &[&CandleBuf<E>],
-        states: &mut [TensorState<CandleBuf<E>>],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, CandleBuf<E>, E>,
         coef: &(dyn Fn(Reduction, &mut Kernel<E>) + Sync),
     ) -> Result<(), BackendError> {
-        check_aliasing(params, grads)?;
-        let mut reads = Reads::new();
-        let g = read_views(&mut reads, grads.iter().copied())?;
-        let gr: Vec<&CandleBuf<E>> = g.iter().collect();
-        let mut start = 0;
-        for chunk in params.chunks_mut(NEST) {
-            let end = start + chunk.len();
-            with_param_views(chunk, &mut |p| {
-                <Views<E> as TensorOps>::reduce_apply_all(
-                    &active[start..end],
-                    &mut kernels[start..end],
-                    p,
-                    &gr[start..end],
-                    &mut states[start..end],
-                    &mut out[start..end],
-                    coef,
-                )
-            })?;
-            start = end;
-        }
-        Ok(())
+        nested(batch, &mut |views| <Views<E> as TensorOps>::reduce_apply_all(views, coef))
     }
+}
+
+type BatchBody<'b, E> = dyn FnMut(&mut Batch<'_, '_, CandleBuf<E>, E>) -> Result<(), BackendError> + 'b;
+
+/// Run `f` over the batch with every parameter locked for writing and every gradient for
+/// reading, [`NEST`] parameters at a time.
+fn nested<E: CandleElement>(
+    batch: &mut Batch<'_, '_, CandleBuf<E>, E>,
+    f: &mut BatchBody<'_, E>,
+) -> Result<(), BackendError> {
+    let Parts { active, kernels, params, grads, states, out } = batch.parts();
+    check_aliasing(params, grads)?;
+    let mut reads = Reads::new();
+    let g = grad_views(&mut reads, grads)?;
+    let gr: Vec<Option<&CandleBuf<E>>> = g.iter().map(Option::as_ref).collect();
+    let mut start = 0;
+    for chunk in params.chunks_mut(NEST) {
+        let end = start + chunk.len();
+        with_param_views(chunk, &mut |p| {
+            let mut views = Batch::new(
+                &active[start..end],
+                &mut kernels[start..end],
+                p,
+                Grads::Some(&gr[start..end]),
+                &mut states[start..end],
+                &mut out[start..end],
+            )?;
+            f(&mut views)
+        })?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Read-only views of the gradients that are present.
+fn grad_views<'a, E: CandleElement>(
+    reads: &mut Reads<'a>,
+    grads: Grads<'a, CandleBuf<E>>,
+) -> Result<Vec<Option<CandleBuf<E>>>, BackendError> {
+    (0..grads.len()).map(|i| grads.get(i).map(|g| reads.view(g)).transpose()).collect()
 }

@@ -44,7 +44,7 @@
 use std::marker::PhantomData;
 
 use candle_core::{DType, Device, Storage, Tensor};
-use profit_core::backend::{DeltaView, Kernel, Reduction, TensorOps, TensorState, Variant};
+use profit_core::backend::{Batch, DeltaView, Kernel, Parts, Reduction, TensorOps, TensorState, Variant};
 use profit_core::element::{Element, Real};
 use profit_core::error::BackendError;
 use profit_core::optim::Rule;
@@ -573,50 +573,50 @@ impl<E: CandleElement> TensorOps for CandleOps<E> {
 
     /// Every active tensor's sums stay on the device until one transfer reads them all (one
     /// per device when the tensors are on several).
-    fn reduce_all(
-        active: &[bool],
-        params: &[&mut Tensor],
-        states: Option<&[TensorState<Tensor>]>,
-        grads: &[&Tensor],
-        out: &mut [Reduction],
-    ) -> Result<(), BackendError> {
-        let view = |i: usize| states.map_or(DeltaView::None, |s| s[i].delta_view(&*params[i]));
-        for i in (0..grads.len()).filter(|&i| active[i]) {
-            check_reduce::<E>(view(i), grads[i])?;
+    fn reduce_all(batch: &mut Batch<'_, '_, Tensor, E>, with_delta: bool) -> Result<(), BackendError> {
+        batch.clear_out();
+        // The active tensors (with a gradient), each with its delta; empty tensors sum to zero:
+        // no ops for them.
+        let mut work: Vec<(usize, DeltaView<'_, Tensor>, &Tensor)> = vec![];
+        for it in batch.items() {
+            let delta = if with_delta { it.state.delta_view(&*it.param) } else { DeltaView::None };
+            check_reduce::<E>(delta, it.grad)?;
+            if it.grad.elem_count() > 0 {
+                work.push((it.index, delta, it.grad));
+            }
         }
-        // Empty tensors sum to zero: no ops for them.
-        let idx: Vec<usize> = (0..grads.len()).filter(|&i| active[i] && grads[i].elem_count() > 0).collect();
-        out.iter_mut().for_each(|o| *o = Reduction::default());
-        let Some(&first) = idx.first() else { return Ok(()) };
-        let dev = grads[first].device();
-        let one_device = idx.iter().all(|&i| grads[i].device().same_device(dev));
+        let Some(&(_, _, first)) = work.first() else { return Ok(()) };
+        let dev = first.device();
+        let one_device = work.iter().all(|(_, _, g)| g.device().same_device(dev));
         let per: Vec<Tensor> =
-            idx.iter().map(|&i| sums::<E>(view(i), grads[i])).collect::<Result<_, _>>().map_err(cerr)?;
+            work.iter().map(|&(_, d, g)| sums::<E>(d, g)).collect::<Result<_, _>>().map_err(cerr)?;
+        let mut found = Vec::with_capacity(work.len());
         if one_device {
             let all = Tensor::cat(&per, 0).and_then(|t| read_sums(&t)).map_err(cerr)?;
-            for (k, &i) in idx.iter().enumerate() {
-                out[i] = reduction(&all[3 * k..3 * k + 3]);
+            for (k, &(i, _, _)) in work.iter().enumerate() {
+                found.push((i, reduction(&all[3 * k..3 * k + 3])));
             }
         } else {
-            for (t, &i) in per.iter().zip(&idx) {
-                out[i] = reduction(&read_sums(t).map_err(cerr)?);
+            for (t, &(i, _, _)) in per.iter().zip(&work) {
+                found.push((i, reduction(&read_sums(t).map_err(cerr)?)));
+            }
+        }
+        drop(work);
+        let Parts { out, .. } = batch.parts();
+        for (i, r) in found {
+            if let Some(o) = out.get_mut(i) {
+                *o = r;
             }
         }
         Ok(())
     }
 
-    fn apply_all(
-        active: &[bool],
-        kernels: &[Kernel<E>],
-        params: &mut [&mut Tensor],
-        grads: &[&Tensor],
-        states: &mut [TensorState<Tensor>],
-    ) -> Result<(), BackendError> {
-        for i in (0..params.len()).filter(|&i| active[i]) {
-            check_pass(&kernels[i], params[i], grads[i], &states[i])?;
+    fn apply_all(batch: &mut Batch<'_, '_, Tensor, E>) -> Result<(), BackendError> {
+        for it in batch.items() {
+            check_pass(it.kernel, it.param, it.grad, it.state)?;
         }
-        for i in (0..params.len()).filter(|&i| active[i]) {
-            apply_one(&kernels[i], params[i], grads[i], &mut states[i])?;
+        for it in batch.items() {
+            apply_one(it.kernel, it.param, it.grad, it.state)?;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaStream};
-use profit_core::backend::{Kernel, Pass, TensorOps, TensorState};
+use profit_core::backend::{Batch, Grads, Kernel, Pass, Reduction, TensorOps, TensorState};
 use profit_core::element::{Dtype, Real};
 use profit_core::plain::Plain;
 use profit_core::{Adam, Delta, InnerConfig, NonFinitePolicy, Profit, ProfitConfig, Sgd};
@@ -236,12 +236,16 @@ fn bench_config<E: CudaElement>(
         let active = vec![true; k];
         let mut pr: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
         let gr: Vec<&CudaTensor<E>> = grads.iter().collect();
+        let mut out = vec![Reduction::default(); k];
         let mut step = 0u64;
         let ms = time_ms(ctx, stream, args.warmup, args.reps, || {
             step += 1;
             let rule = inner.rule::<E::Real>(step, adam.lr, 0.0);
             kernels.iter_mut().for_each(|kk| kk.rule = rule);
-            Cuda::<E>::apply_all(&active, &kernels, &mut pr, &gr, &mut states).map_err(s)
+            let grads = Grads::Every(&gr);
+            let mut batch =
+                Batch::new(&active, &mut kernels, &mut pr, grads, &mut states, &mut out).map_err(s)?;
+            Cuda::<E>::apply_all(&mut batch).map_err(s)
         })?;
         rows.push(Row {
             what: label("adam fused"),

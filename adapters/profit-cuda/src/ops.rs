@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use profit_core::backend::{
-    Decision, DeltaView, Kernel, Pass, Reduction, TensorOps, TensorState, Variant, Verdict,
+    Batch, Decision, DeltaView, Grads, Kernel, Parts, Pass, Reduction, TensorOps, TensorState, Variant,
+    Verdict,
 };
 use profit_core::element::Element;
 use profit_core::error::BackendError;
@@ -149,7 +150,7 @@ fn build_apply<E: CudaElement>(
     active: &[bool],
     kernels: &[Kernel<E>],
     params: &[&mut CudaTensor<E>],
-    grads: &[&CudaTensor<E>],
+    grads: Grads<'_, CudaTensor<E>>,
     states: &[TensorState<CudaTensor<E>>],
 ) -> Result<(), BackendError> {
     let n = active.len();
@@ -161,7 +162,12 @@ fn build_apply<E: CudaElement>(
     s.words.clear();
     s.bytes.clear();
     for i in (0..n).filter(|&i| active[i]) {
-        let (k, p, g, st) = (&kernels[i], &*params[i], grads[i], &states[i]);
+        let (k, p, g, st) = (
+            &kernels[i],
+            &*params[i],
+            grads.get(i).ok_or_else(|| err("an active tensor has no gradient"))?,
+            &states[i],
+        );
         same_dev(dev, p, "a parameter")?;
         same_dev(dev, g, "a gradient")?;
         let len = p.len;
@@ -230,7 +236,7 @@ fn build_apply<E: CudaElement>(
         let len = params[i].len as u64;
         s.words.extend_from_slice(&[
             ptr(dev, params[i]),
-            ptr(dev, grads[i]),
+            ptr(dev, grads.get(i).ok_or_else(|| err("an active tensor has no gradient"))?),
             if v.reads_delta() || v.writes_delta() {
                 st.delta.as_ref().map_or(0, |t| ptr(dev, t))
             } else {
@@ -302,13 +308,8 @@ fn launch_apply<E: CudaElement>(
 }
 
 /// One fused pass over every active tensor, launched per (pass, rule) variant.
-fn apply_all<E: CudaElement>(
-    active: &[bool],
-    kernels: &[Kernel<E>],
-    params: &mut [&mut CudaTensor<E>],
-    grads: &[&CudaTensor<E>],
-    states: &mut [TensorState<CudaTensor<E>>],
-) -> Result<(), BackendError> {
+fn apply_all<E: CudaElement>(batch: &mut Batch<'_, '_, CudaTensor<E>, E>) -> Result<(), BackendError> {
+    let Parts { active, kernels, params, grads, states, .. } = batch.parts();
     let Some(first) = (0..active.len()).find(|&i| active[i]) else { return Ok(()) };
     let Some(p) = params.get(first) else { return Err(err("apply_all: argument counts differ")) };
     let dev = p.dev.clone();
@@ -329,13 +330,13 @@ fn build_reduce<E: CudaElement>(
     active: &[bool],
     params: &[&mut CudaTensor<E>],
     states: Option<&[TensorState<CudaTensor<E>>]>,
-    grads: &[&CudaTensor<E>],
+    grads: Grads<'_, CudaTensor<E>>,
 ) -> Result<u64, BackendError> {
     s.entries.clear();
     s.words.clear();
     let mut blocks = 0u64;
     for i in (0..active.len()).filter(|&i| active[i]) {
-        let g = grads[i];
+        let g = grads.get(i).ok_or_else(|| err("an active tensor has no gradient"))?;
         let delta = states.map_or(DeltaView::None, |st| st[i].delta_view(&*params[i]));
         let w = delta_words(dev, delta, g)?;
         if g.len == 0 {
@@ -351,26 +352,23 @@ fn build_reduce<E: CudaElement>(
 
 /// Reductions of every active tensor: two launches, three `f64` per tensor back to the host.
 fn reduce_all<E: CudaElement>(
-    active: &[bool],
-    params: &[&mut CudaTensor<E>],
-    states: Option<&[TensorState<CudaTensor<E>>]>,
-    grads: &[&CudaTensor<E>],
-    out: &mut [Reduction],
+    batch: &mut Batch<'_, '_, CudaTensor<E>, E>,
+    with_delta: bool,
 ) -> Result<(), BackendError> {
+    batch.clear_out();
+    let Parts { active, params, grads, states, out, .. } = batch.parts();
     let n = active.len();
-    if grads.len() != n || params.len() != n || out.len() != n || states.is_some_and(|s| s.len() != n) {
-        return Err(err("reduce_all: argument counts differ"));
-    }
-    out.fill(Reduction::default());
     let Some(first) = (0..n).find(|&i| active[i]) else { return Ok(()) };
-    let dev = grads[first].dev.clone();
+    let Some(g) = grads.get(first) else { return Err(err("an active tensor has no gradient")) };
+    let dev = g.dev.clone();
     let mut guard = lock(&dev)?;
     let s = &mut *guard;
+    let states = with_delta.then_some(&states[..]);
     let blocks = build_reduce(&dev, s, active, params, states, grads)?;
     if s.entries.is_empty() {
         return Ok(());
     }
-    let which = if states.is_some() { 2 } else { 1 };
+    let which = if with_delta { 2 } else { 1 };
     enqueue_reductions::<E>(&dev, s, which, n, blocks, 0)?;
     fetch(&dev, s, n)?;
     for (i, o) in out.iter_mut().enumerate() {
@@ -387,22 +385,15 @@ fn reduction_at(out: &[f64], i: usize) -> Reduction {
 /// Reductions, decision and apply of one call, enqueued back to back (see
 /// [`TensorOps::reduce_decide_apply`]): the host waits once, at the end, for the reductions
 /// and the verdict.
-#[allow(clippy::too_many_arguments)]
 fn reduce_decide_apply<E: CudaElement>(
     decision: &Decision,
-    active: &[bool],
-    kernels: &[Kernel<E>],
-    params: &mut [&mut CudaTensor<E>],
-    grads: &[&CudaTensor<E>],
-    states: &mut [TensorState<CudaTensor<E>>],
-    out: &mut [Reduction],
+    batch: &mut Batch<'_, '_, CudaTensor<E>, E>,
 ) -> Result<Option<Verdict>, BackendError> {
+    let Parts { active, kernels, params, grads, states, out } = batch.parts();
     let n = active.len();
-    if grads.len() != n || params.len() != n || out.len() != n || kernels.len() != n || states.len() != n {
-        return Err(err("reduce_decide_apply: argument counts differ"));
-    }
     let Some(first) = (0..n).find(|&i| active[i]) else { return Ok(None) };
-    let dev = grads[first].dev.clone();
+    let Some(g) = grads.get(first) else { return Err(err("an active tensor has no gradient")) };
+    let dev = g.dev.clone();
     if !dev.decide_on_device.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(None);
     }
@@ -501,39 +492,28 @@ impl<E: CudaElement> TensorOps for Cuda<E> {
         grad: &CudaTensor<E>,
         state: &mut TensorState<CudaTensor<E>>,
     ) -> Result<(), BackendError> {
-        apply_all(&[true], std::slice::from_ref(kernel), &mut [param], &[grad], std::slice::from_mut(state))
+        let (mut k, mut out) = (*kernel, Reduction::default());
+        let params = &mut [param];
+        let grads = [grad];
+        let states = std::slice::from_mut(state);
+        let kernels = std::slice::from_mut(&mut k);
+        let out = std::slice::from_mut(&mut out);
+        apply_all(&mut Batch::new(&[true], kernels, params, Grads::Every(&grads), states, out)?)
     }
 
-    fn reduce_all(
-        active: &[bool],
-        params: &[&mut CudaTensor<E>],
-        states: Option<&[TensorState<CudaTensor<E>>]>,
-        grads: &[&CudaTensor<E>],
-        out: &mut [Reduction],
-    ) -> Result<(), BackendError> {
-        reduce_all(active, params, states, grads, out)
+    fn reduce_all(batch: &mut Batch<'_, '_, CudaTensor<E>, E>, with_delta: bool) -> Result<(), BackendError> {
+        reduce_all(batch, with_delta)
     }
 
-    fn apply_all(
-        active: &[bool],
-        kernels: &[Kernel<E>],
-        params: &mut [&mut CudaTensor<E>],
-        grads: &[&CudaTensor<E>],
-        states: &mut [TensorState<CudaTensor<E>>],
-    ) -> Result<(), BackendError> {
-        apply_all(active, kernels, params, grads, states)
+    fn apply_all(batch: &mut Batch<'_, '_, CudaTensor<E>, E>) -> Result<(), BackendError> {
+        apply_all(batch)
     }
 
     fn reduce_decide_apply(
         decision: &Decision,
-        active: &[bool],
-        kernels: &mut [Kernel<E>],
-        params: &mut [&mut CudaTensor<E>],
-        grads: &[&CudaTensor<E>],
-        states: &mut [TensorState<CudaTensor<E>>],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, CudaTensor<E>, E>,
     ) -> Result<Option<Verdict>, BackendError> {
-        reduce_decide_apply(decision, active, kernels, params, grads, states, out)
+        reduce_decide_apply(decision, batch)
     }
 }
 

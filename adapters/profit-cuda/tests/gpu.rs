@@ -7,7 +7,7 @@
 //! match to rounding.
 
 use ndarray::{ArrayD, IxDyn};
-use profit_core::backend::{DeltaView, Kernel, Pass, Reduction, TensorOps, TensorState};
+use profit_core::backend::{Batch, DeltaView, Grads, Kernel, Pass, Reduction, TensorOps, TensorState};
 use profit_core::element::Element;
 use profit_core::host::reduce_slices;
 use profit_core::host::DeltaSlices;
@@ -329,22 +329,15 @@ fn mixed_passes_and_rules_in_one_call_match_host_bitwise() {
         });
     }
     let active: Vec<bool> = (0..n_tensors).map(|t| t % 7 != 3).collect();
-    NdArray::<f32>::apply_all(
-        &active,
-        &hk,
-        &mut hp.iter_mut().collect::<Vec<_>>(),
-        &hg.iter().collect::<Vec<_>>(),
-        &mut hs,
-    )
-    .expect("host apply_all");
-    Cuda::<f32>::apply_all(
-        &active,
-        &hk,
-        &mut dp.iter_mut().collect::<Vec<_>>(),
-        &dg.iter().collect::<Vec<_>>(),
-        &mut ds,
-    )
-    .expect("cuda apply_all");
+    let mut out = vec![Reduction::default(); n_tensors];
+    let (mut hk1, mut hk2) = (hk.clone(), hk.clone());
+    let (hgr, dgr) = (hg.iter().collect::<Vec<_>>(), dg.iter().collect::<Vec<_>>());
+    let mut hpr = hp.iter_mut().collect::<Vec<_>>();
+    let batch = Batch::new(&active, &mut hk1, &mut hpr, Grads::Every(&hgr), &mut hs, &mut out);
+    NdArray::<f32>::apply_all(&mut batch.expect("host batch")).expect("host apply_all");
+    let mut dpr = dp.iter_mut().collect::<Vec<_>>();
+    let batch = Batch::new(&active, &mut hk2, &mut dpr, Grads::Every(&dgr), &mut ds, &mut out);
+    Cuda::<f32>::apply_all(&mut batch.expect("cuda batch")).expect("cuda apply_all");
     for t in 0..n_tensors {
         let what = format!("tensor {t} ({:?}, {:?}, active {})", hk[t].pass, hk[t].rule, active[t]);
         assert_same(&format!("{what} param"), &dp[t], &hp[t]);
@@ -391,14 +384,20 @@ fn reductions<E: CudaElement>(g: &CudaBackend) {
     let gref: Vec<&CudaTensor<E>> = grads.iter().collect();
     for realized in [false, true] {
         let states: Vec<TensorState<CudaTensor<E>>> = (0..sizes.len()).map(|i| state(i, realized)).collect();
-        let pref: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
-        let mut a = vec![Reduction::default(); sizes.len()];
-        let mut b = vec![Reduction::default(); sizes.len()];
-        Cuda::<E>::reduce_all(&active, &pref, Some(&states), &gref, &mut a).expect("reduce");
-        Cuda::<E>::reduce_all(&active, &pref, Some(&states), &gref, &mut b).expect("reduce again");
+        let mut states = states;
+        let mut pref: Vec<&mut CudaTensor<E>> = params.iter_mut().collect();
+        let mut kernels = vec![Kernel::idle(); sizes.len()];
+        let mut reduce = |with_delta: bool| {
+            let mut out = vec![Reduction::default(); sizes.len()];
+            let grads = Grads::Every(&gref);
+            let batch = Batch::new(&active, &mut kernels, &mut pref, grads, &mut states, &mut out);
+            Cuda::<E>::reduce_all(&mut batch.expect("batch"), with_delta).expect("reduce");
+            out
+        };
+        let a = reduce(true);
+        let b = reduce(true);
         assert_eq!(a, b, "reductions are not deterministic");
-        let mut c = vec![Reduction::default(); sizes.len()];
-        Cuda::<E>::reduce_all(&active, &pref, None, &gref, &mut c).expect("grad-only reduce");
+        let c = reduce(false);
         for i in 0..sizes.len() {
             let (d, gv, pv, av): (Vec<E>, Vec<E>, Vec<E>, Vec<E>) =
                 (cast(&ds[i]), cast(&gs[i]), cast(&ps[i]), cast(&anchors[i]));

@@ -10,7 +10,7 @@
 pub use crate::cpu::reduce::realized;
 pub use crate::cpu::{reduce_slices, DeltaSlices, CHUNK, PAR_MIN};
 
-use crate::backend::{DeltaView, Kernel, Reduction, StorageOrder, TensorOps, TensorState};
+use crate::backend::{Batch, DeltaView, Kernel, Reduction, StorageOrder, TensorOps, TensorState};
 use crate::cpu::fused::{run, Lanes};
 use crate::element::Element;
 use crate::error::BackendError;
@@ -206,70 +206,37 @@ impl<H: HostBackend> TensorOps for H {
 
     #[cfg(feature = "rayon")]
     fn reduce_all(
-        active: &[bool],
-        params: &[&mut Self::Tensor],
-        states: Option<&[TensorState<Self::Tensor>]>,
-        grads: &[&Self::Tensor],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>,
+        with_delta: bool,
     ) -> Result<(), BackendError> {
         use rayon::prelude::*;
-        out.par_iter_mut().zip(grads.par_iter()).enumerate().try_for_each(|(i, (o, g))| {
-            *o = if active[i] {
-                let delta = states.map_or(DeltaView::None, |s| s[i].delta_view(&*params[i]));
-                Self::reduce(delta, g)?
-            } else {
-                Reduction::default()
-            };
+        batch.clear_out();
+        batch.par_items().try_for_each(|it| {
+            let delta = if with_delta { it.state.delta_view(&*it.param) } else { DeltaView::None };
+            *it.out = Self::reduce(delta, it.grad)?;
             Ok(())
         })
     }
 
     #[cfg(feature = "rayon")]
-    fn apply_all(
-        active: &[bool],
-        kernels: &[Kernel<Self::Elem>],
-        params: &mut [&mut Self::Tensor],
-        grads: &[&Self::Tensor],
-        states: &mut [TensorState<Self::Tensor>],
-    ) -> Result<(), BackendError> {
+    fn apply_all(batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>) -> Result<(), BackendError> {
         use rayon::prelude::*;
-        (active, kernels)
-            .into_par_iter()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .zip(states.par_iter_mut())
-            .try_for_each(|((((on, k), p), g), s)| match on {
-                true => apply_host::<H>(k, p, g, s),
-                false => Ok(()),
-            })
+        batch.par_items().try_for_each(|it| apply_host::<H>(it.kernel, it.param, it.grad, it.state))
     }
 
     #[cfg(feature = "rayon")]
     fn reduce_apply_all(
-        active: &[bool],
-        kernels: &mut [Kernel<Self::Elem>],
-        params: &mut [&mut Self::Tensor],
-        grads: &[&Self::Tensor],
-        states: &mut [TensorState<Self::Tensor>],
-        out: &mut [Reduction],
+        batch: &mut Batch<'_, '_, Self::Tensor, Self::Elem>,
         coef: &(dyn Fn(Reduction, &mut Kernel<Self::Elem>) + Sync),
     ) -> Result<(), BackendError> {
         use rayon::prelude::*;
-        (active, kernels)
-            .into_par_iter()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .zip(states.par_iter_mut())
-            .zip(out.par_iter_mut())
-            .try_for_each(|(((((on, k), p), g), s), o)| {
-                if *on {
-                    // Reduce, then apply while the tensor's delta and gradient are in cache.
-                    *o = Self::reduce(s.delta_view(p), g)?;
-                    coef(*o, k);
-                    apply_host::<H>(k, p, g, s)?;
-                }
-                Ok(())
-            })
+        batch.clear_out();
+        batch.par_items().try_for_each(|it| {
+            // Reduce, then apply while the tensor's delta and gradient are in cache.
+            *it.out = Self::reduce(it.state.delta_view(&*it.param), it.grad)?;
+            coef(*it.out, it.kernel);
+            apply_host::<H>(it.kernel, it.param, it.grad, it.state)
+        })
     }
 }
 
