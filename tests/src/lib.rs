@@ -32,6 +32,7 @@ pub mod checkpoints;
 pub mod golden;
 pub mod invariants;
 pub mod sharded;
+pub mod stepwise16;
 
 use profit_core::backend::TensorOps;
 use profit_core::element::{Dtype, Element};
@@ -55,6 +56,11 @@ pub trait Harness {
     fn tensor(&self, shape: &[usize], data: &[f64]) -> <Self::B as TensorOps>::Tensor;
     /// A tensor's values, row-major, widened to `f64`.
     fn values(&self, t: &<Self::B as TensorOps>::Tensor) -> Vec<f64>;
+    /// Resume from every `n`-th call of a golden run only (`checkpoint_resume_bitwise`): a slow
+    /// backend samples the resume points that fast ones take at every call. Default `1`.
+    fn resume_stride(&self) -> usize {
+        1
+    }
 }
 
 /// The harness of profit-core's own [`VecBackend`](profit_core::host::VecBackend), the
@@ -94,13 +100,12 @@ pub fn tolerance<H: Harness>() -> f64 {
 /// The float32 golden README's tolerance (realized delta, f32 backends).
 pub const TOLERANCE_F32_FILES: f64 = 1e-5;
 
-/// bf16 parameters with the accumulated delta against any golden trajectory (the README
-/// metric, worst over all calls). Measured worst over the shipped cases: 2.2e-2 (bf16's
-/// spacing is 2^-8 relative); the tolerance leaves about 2x for unseen cases.
+/// bf16 parameters: how far a sharded run may be from the single-process one (the README
+/// metric, worst over all calls; where the per-rank sums round differently). Wider golden
+/// trajectories are not a valid reference in 16 bits: see [`stepwise16`].
 pub const TOLERANCE_BF16: f64 = 5e-2;
 
-/// f16 parameters with the accumulated delta against any golden trajectory. Measured worst
-/// over the shipped cases: 2.3e-2 (an RMSprop case at ratio 1e3; most cases stay near 1e-3).
+/// f16 parameters: as [`TOLERANCE_BF16`].
 pub const TOLERANCE_F16: f64 = 5e-2;
 
 /// bf16 parameters against the 16-bit golden files PyTorch made in bfloat16 with its per-op
@@ -188,6 +193,9 @@ pub fn golden_all<H: Harness>(h: &H) {
         h.label(),
         failures.join("\n")
     );
+    if matches!(dtype, Dtype::Bf16 | Dtype::F16) {
+        stepwise16::replay_all(h);
+    }
 }
 
 /// Build the harness or report why the backend is skipped.

@@ -23,6 +23,9 @@ impl<E: CudaElement> Harness for Gpu<E> {
     fn values(&self, t: &CudaTensor<E>) -> Vec<f64> {
         t.to_vec().expect("download from the GPU").iter().map(|x| x.as_f64()).collect()
     }
+    fn resume_stride(&self) -> usize {
+        4
+    }
 }
 
 /// The GPU harness, or why the suite is skipped. With `PROFIT_REQUIRE_GPU=1` (as on a GPU

@@ -1,32 +1,15 @@
-//! PROFIT on dfdx: the conformance suite on `profit-dfdx`'s host backend ([`Flat`], f32), and every
-//! golden trajectory replayed through the real dfdx path: a dfdx model holding `w` and `b`,
-//! gradients in a dfdx `Gradients`, `Optimizer::update`.
+//! PROFIT on dfdx: every golden trajectory replayed through the real dfdx path: a dfdx model
+//! holding `w` and `b`, gradients in a dfdx `Gradients`, `Optimizer::update`. (`profit-dfdx`'s
+//! host backend `Flat` is profit-core's `VecBackend<f32>`, whose conformance suite runs in
+//! `vec.rs`.)
 
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::nn::ZeroGrads;
 use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
 use profit_conformance::golden::{self, GoldenCase};
-use profit_conformance::{conformance_suite, Harness};
 use profit_core::{Delta, ProfitConfig};
-use profit_dfdx::{DfdxProfit, Flat, FlatTensor};
-
-struct FlatHarness;
-
-impl Harness for FlatHarness {
-    type B = Flat;
-    fn label(&self) -> String {
-        "dfdx-host-f32".into()
-    }
-    fn tensor(&self, shape: &[usize], data: &[f64]) -> FlatTensor {
-        FlatTensor::new(shape, data.iter().map(|&x| x as f32).collect()).expect("shape matches data")
-    }
-    fn values(&self, t: &FlatTensor) -> Vec<f64> {
-        t.data.iter().map(|&x| x as f64).collect()
-    }
-}
-
-conformance_suite!(dfdx_host_f32, || Ok::<_, String>(FlatHarness));
+use profit_dfdx::DfdxProfit;
 
 /// Largest golden shapes the dfdx replay takes (`w: [MAX_D, MAX_K]`, `b: [MAX_K]`).
 const MAX_D: usize = 64;

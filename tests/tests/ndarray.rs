@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use profit_conformance::golden::{golden16_all, golden_files, replay_with, GoldenCase};
+use profit_conformance::golden::golden16_all;
 use profit_conformance::{conformance_suite, Harness, VecHarness};
 use profit_core::element::Element;
 use profit_core::host::{VecBackend, VecTensor};
@@ -29,46 +29,21 @@ impl<E: Element> Harness for Nd<E> {
 conformance_suite!(ndarray_f64, || Ok::<_, String>(Nd::<f64>(Default::default())));
 conformance_suite!(ndarray_f32, || Ok::<_, String>(Nd::<f32>(Default::default())));
 
-/// Every golden case with the accumulated delta, on ndarray and on `VecBackend` (which must
-/// agree bitwise), within the measured tolerance.
-fn accumulated_replays<E: Element>(tol: f64) {
-    let mut worst = 0.0f64;
-    for f in golden_files().unwrap() {
-        let case = GoldenCase::load(&f.path).unwrap();
-        if case.dtype16().is_some() {
-            continue; // a 16-bit file from $PROFIT_GOLDEN_DIR: torch_16bit_replays' kind
-        }
-        let edit = |c| ProfitConfig { delta: Delta::Accumulated, ..c };
-        let nd =
-            replay_with(&Nd::<E>(Default::default()), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
-        let vec =
-            replay_with(&VecHarness::<E>::default(), &case, tol, edit).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            nd.worst_param.to_bits(),
-            vec.worst_param.to_bits(),
-            "{}: ndarray and VecBackend differ",
-            case.name
-        );
-        println!(
-            "golden {:<28} {:<5} accumulated worst param error {:.3e} (tol {tol:.0e}), stats {:.3e}",
-            case.name,
-            E::DTYPE,
-            nd.worst_param,
-            nd.worst_stats
-        );
-        worst = worst.max(nd.worst_param);
-    }
-    assert!(worst > 0.0, "no rounding seen: the replay did not run in {}", E::DTYPE);
+/// Every float64 and float32 golden case in both delta modes, on ndarray and on `VecBackend`,
+/// each call checked against the f32 reference rounded once ([`profit_conformance::stepwise16`]).
+fn stepwise_replays<E: Element>() {
+    profit_conformance::stepwise16::replay_all(&Nd::<E>(Default::default()));
+    profit_conformance::stepwise16::replay_all(&VecHarness::<E>::default());
 }
 
 #[test]
 fn bf16_replays_every_golden_case() {
-    accumulated_replays::<bf16>(profit_conformance::TOLERANCE_BF16);
+    stepwise_replays::<bf16>();
 }
 
 #[test]
 fn f16_replays_every_golden_case() {
-    accumulated_replays::<f16>(profit_conformance::TOLERANCE_F16);
+    stepwise_replays::<f16>();
 }
 
 /// The 16-bit golden files PyTorch made in this element type (`golden16/`), on ndarray and on

@@ -21,6 +21,9 @@ impl<E: CandleElement> Harness for OpsHarness<E> {
     fn values(&self, t: &Tensor) -> Vec<f64> {
         t.flatten_all().and_then(|f| f.to_vec1::<E>()).expect("readable").iter().map(|x| x.as_f64()).collect()
     }
+    fn resume_stride(&self) -> usize {
+        4
+    }
 }
 
 conformance_suite!(candle_ops_f32, || Ok::<_, String>(OpsHarness::<f32>(Default::default())));
