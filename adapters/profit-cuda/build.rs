@@ -22,10 +22,12 @@ const NVCC_FLAGS: &[&str] = &[
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let kernels = manifest.join("../../cuda-kernels");
+    // `kernels/` holds the crate's copies of the repository's `cuda-kernels/profit.cu` and
+    // `cuda-kernels/ptx/profit.ptx` (links in the repository, files in the package).
+    let kernels = manifest.join("kernels");
     let src = kernels.join("profit.cu");
     println!("cargo:rerun-if-changed={}", src.display());
-    println!("cargo:rerun-if-changed={}", kernels.join("ptx/profit.ptx").display());
+    println!("cargo:rerun-if-changed={}", kernels.join("profit.ptx").display());
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=PROFIT_CUDA_NO_NVCC");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("profit_nvcc.ptx");

@@ -378,7 +378,6 @@ impl InnerConfig {
                 weight_decay: e(weight_decay),
                 alpha: e(c.alpha),
                 one_minus_alpha: e(1.0 - c.alpha),
-                lerp_weight: e(1.0 - c.alpha),
                 eps: e(c.eps),
                 momentum: e(c.momentum),
                 centered: c.centered,
@@ -420,26 +419,6 @@ impl<E> Rule<E> {
             Rule::Adam(r) => 2 + r.amsgrad as usize,
             Rule::RmsProp(r) => 1 + r.centered as usize + r.use_momentum as usize,
             Rule::Capture => 1,
-        }
-    }
-}
-
-impl<E: Real> Rule<E> {
-    /// Apply the rule to one element (dispatching on the variant; host loops monomorphize instead).
-    #[inline]
-    pub fn update(&self, p: E, g: E, s0: &mut E, s1: &mut E, s2: &mut E) -> E {
-        match self {
-            Rule::Sgd(r) => r.update(p, g),
-            Rule::SgdMomentum(r) => r.update(p, g, s0),
-            Rule::Adam(r) => r.update(p, g, s0, s1, s2),
-            Rule::RmsProp(r) => {
-                let (gavg, buf) = match (r.centered, r.use_momentum) {
-                    (true, _) => (s1, s2),
-                    (false, _) => (s2, s1),
-                };
-                r.update(p, g, s0, gavg, buf)
-            }
-            Rule::Capture => capture(g, s0),
         }
     }
 }
@@ -591,8 +570,6 @@ pub struct RmsPropRule<E> {
     pub alpha: E,
     /// `1 - alpha`.
     pub one_minus_alpha: E,
-    /// `1 - alpha`, the `lerp` weight of the centered gradient average.
-    pub lerp_weight: E,
     /// `eps`.
     pub eps: E,
     /// Momentum factor.
@@ -611,7 +588,7 @@ impl<E: Real> RmsPropRule<E> {
         let s = self.alpha * *sq + self.one_minus_alpha * g * g;
         *sq = s;
         let avg = if self.centered {
-            let ga = lerp(*gavg, g, self.lerp_weight);
+            let ga = lerp(*gavg, g, self.one_minus_alpha);
             *gavg = ga;
             (s - ga * ga).sqrt() + self.eps
         } else {

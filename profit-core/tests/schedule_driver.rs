@@ -1,6 +1,7 @@
 //! Schedules driving a PROFIT optimizer: main rate from the schedule, reference rate at the
 //! fixed ratio or on its own schedule; a bad schedule changes nothing.
 
+use approx::assert_abs_diff_eq;
 use profit_core::config::LrCoupling;
 use profit_core::host::{VecBackend, VecTensor};
 use profit_core::schedule::{CosineAnnealing, ExponentialLr, Scheduler, StepLr};
@@ -28,10 +29,10 @@ fn fixed_ratio_reference_follows_main() {
         let lr = s.step(&mut o).unwrap();
         let f = 0.5f64.powi((t / 2) as i32);
         assert_eq!(lr, 1e-2 * f);
-        assert!((o.groups()[0].lr - 1e-2 * f).abs() < 1e-18);
-        assert!((o.groups()[0].ref_lr - 1e-4 * f).abs() < 1e-18, "ref follows at ratio 100");
-        assert!((o.groups()[1].lr - 2e-2 * f).abs() < 1e-18, "groups keep their proportion");
-        assert!((o.groups()[1].ref_lr - 2e-4 * f).abs() < 1e-18);
+        assert_abs_diff_eq!(o.groups()[0].lr, 1e-2 * f, epsilon = 1e-18);
+        assert_abs_diff_eq!(o.groups()[0].ref_lr, 1e-4 * f, epsilon = 1e-18); // ref follows at ratio 100
+        assert_abs_diff_eq!(o.groups()[1].lr, 2e-2 * f, epsilon = 1e-18); // groups keep their proportion
+        assert_abs_diff_eq!(o.groups()[1].ref_lr, 2e-4 * f, epsilon = 1e-18);
     }
 }
 
@@ -43,8 +44,12 @@ fn reference_on_its_own_schedule() {
     for _ in 0..3 {
         s.step(&mut o).unwrap();
     }
-    assert!((o.lr() - 1e-2 * CosineAnnealing { t_max: 10, min_factor: 0.0 }.factor_at(3)).abs() < 1e-15);
-    assert!((o.ref_lr() - 1e-4 * 0.9f64.powi(3)).abs() < 1e-18);
+    assert_abs_diff_eq!(
+        o.lr(),
+        1e-2 * CosineAnnealing { t_max: 10, min_factor: 0.0 }.factor_at(3),
+        epsilon = 1e-15
+    );
+    assert_abs_diff_eq!(o.ref_lr(), 1e-4 * 0.9f64.powi(3), epsilon = 1e-18);
 }
 
 #[test]
@@ -80,7 +85,7 @@ fn groups_keep_their_proportions_through_zero_and_back() {
     s.step(&mut o).unwrap();
     s.step(&mut o).unwrap();
     assert_eq!([o.groups()[0].lr, o.groups()[1].lr], [1e-2, 2e-2]);
-    assert!((o.groups()[1].ref_lr - 2e-4).abs() < 1e-18, "{}", o.groups()[1].ref_lr);
+    assert_abs_diff_eq!(o.groups()[1].ref_lr, 2e-4, epsilon = 1e-18);
 }
 
 #[test]
@@ -88,7 +93,7 @@ fn set_ref_lr_keeps_group_proportions() {
     let mut o = opt(LrCoupling::Free);
     o.set_ref_lr(5e-5).unwrap();
     assert_eq!(o.groups()[0].ref_lr, 5e-5);
-    assert!((o.groups()[1].ref_lr - 1e-4).abs() < 1e-18, "group 1 was built at 2e-4");
+    assert_abs_diff_eq!(o.groups()[1].ref_lr, 1e-4, epsilon = 1e-18); // group 1 was built at 2e-4
 }
 
 #[test]

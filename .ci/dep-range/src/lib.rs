@@ -1,5 +1,5 @@
 //! The host adapters against a given ndarray / nalgebra: a few PROFIT calls on each must match
-//! profit-core's own `VecBackend` bitwise.
+//! profit-core's own `VecBackend` bitwise; profit-cuda against a given cudarc.
 
 #[cfg(test)]
 mod tests {
@@ -40,5 +40,15 @@ mod tests {
             assert_eq!(v.data, m.as_slice());
         }
         assert!(ov.main_steps() > 0);
+    }
+
+    /// profit-cuda builds against this cudarc; without a CUDA driver it says so with a typed
+    /// error (with one, it opens the device).
+    #[test]
+    fn cuda_backend_builds_and_refuses_politely() {
+        match profit_cuda::CudaBackend::new(0) {
+            Ok(_) | Err(profit_core::error::BackendError::Unavailable(_)) => {}
+            Err(e) => panic!("unexpected error without a GPU: {e}"),
+        }
     }
 }

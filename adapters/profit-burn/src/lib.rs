@@ -99,7 +99,8 @@
 //! non-finite gradient (default policy) return the module as it was with a typed
 //! [`BurnProfitError`].
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;
 
@@ -549,6 +550,15 @@ pub struct BurnProfit {
     main: Option<ModuleOptimizer>,
     last: Option<StepReport>,
     last_error: Option<BurnProfitError>,
+}
+
+impl std::fmt::Debug for BurnProfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnProfit")
+            .field("external_main", &self.main.is_some())
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BurnProfit {

@@ -74,6 +74,17 @@ pub struct CandleBuf<E> {
     repr: Repr<E>,
 }
 
+impl<E> std::fmt::Debug for CandleBuf<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.repr {
+            Repr::Host { shape, .. } => format!("host {shape:?}"),
+            Repr::Tensor(t) => format!("tensor {:?}", t.shape()),
+            Repr::View { len, .. } => format!("view of {len}"),
+        };
+        f.debug_struct("CandleBuf").field("repr", &kind).finish()
+    }
+}
+
 enum Repr<E> {
     Host {
         data: Vec<E>,
@@ -185,11 +196,12 @@ impl<E: CandleElement> HostBackend for Views<E> {
 }
 
 /// The backend: [`TensorOps`] for [`CandleBuf`]s of element `E` (see the [module docs](self)).
+#[derive(Debug)]
 pub struct Candle<E>(PhantomData<E>);
 
 /// Address of a tensor's storage lock: equal for tensors that share a storage. Takes a read
 /// lock for the time of the call.
-fn storage_key(t: &Tensor) -> usize {
+pub(crate) fn storage_key(t: &Tensor) -> usize {
     let (g, _) = t.storage_and_layout();
     &*g as *const Storage as usize
 }

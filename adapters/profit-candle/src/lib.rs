@@ -69,7 +69,7 @@
 //! a tensor-ops step, such as running out of device memory, can leave the vars before it
 //! stepped: that is not bad input, and it is reported as [`ProfitError::Backend`].)
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod backend;
 pub mod ops;
@@ -80,6 +80,7 @@ use candle_nn::{Optimizer, VarMap};
 use profit_core::report::TensorReport;
 use profit_core::{LoadOptions, Phase, Profit, ProfitConfig, ProfitError, SaveOptions, StepReport};
 
+use backend::storage_key;
 pub use backend::{Candle, CandleBuf, CandleElement};
 pub use ops::CandleOps;
 
@@ -267,12 +268,6 @@ impl<E: CandleElement> OpsCore<E> {
     }
 }
 
-/// Storage key of a tensor (equal for tensors sharing a storage).
-fn storage_key(t: &Tensor) -> usize {
-    let (g, _) = t.storage_and_layout();
-    &*g as *const candle_core::Storage as usize
-}
-
 /// A host mirror of a tensor's values (any device).
 fn host_copy<E: CandleElement>(t: &Tensor) -> Result<CandleBuf<E>, CandleProfitError> {
     let data = t.flatten_all()?.to_vec1::<E>()?;
@@ -399,6 +394,15 @@ pub struct CandleProfit {
     names: Vec<String>,
     engine: Engine,
     last: Option<StepReport>,
+}
+
+impl std::fmt::Debug for CandleProfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleProfit")
+            .field("names", &self.names)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CandleProfit {

@@ -43,17 +43,18 @@
 
 use std::marker::PhantomData;
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use profit_core::backend::{Batch, DeltaView, Kernel, Parts, Reduction, TensorOps, TensorState, Variant};
 use profit_core::element::{Element, Real};
 use profit_core::error::BackendError;
 use profit_core::optim::Rule;
 use profit_core::optim::{AdamRule, RmsPropRule, SgdMomentumRule, SgdRule};
 
-use crate::backend::CandleElement;
+use crate::backend::{storage_key, CandleElement};
 
 /// The tensor-ops backend: [`TensorOps`] for candle [`Tensor`]s of element `E` on any device
 /// (see the [module docs](self)).
+#[derive(Debug)]
 pub struct CandleOps<E>(PhantomData<E>);
 
 type R<E> = <E as Element>::Real;
@@ -76,12 +77,6 @@ pub fn reduction_dtype(device: &Device) -> DType {
     } else {
         DType::F64
     }
-}
-
-/// Address of a tensor's storage: equal for tensors sharing one. Takes a read lock for the call.
-fn storage_key(t: &Tensor) -> usize {
-    let (g, _) = t.storage_and_layout();
-    &*g as *const Storage as usize
 }
 
 /// Overwrite `dst`'s elements (contiguous, same shape, dtype and device) with `src`'s, in place.
@@ -253,7 +248,7 @@ impl<E: CandleElement> Math<E> {
         let sq = (self.mul(&s[0], r.alpha)? + self.mul(&g, r.one_minus_alpha)?.mul(&g)?)?;
         let mut slots = vec![sq.clone()];
         let avg = if r.centered {
-            let ga = self.lerp(&s[1], &g, r.lerp_weight)?;
+            let ga = self.lerp(&s[1], &g, r.one_minus_alpha)?;
             slots.push(ga.clone());
             self.add(&(sq - ga.sqr()?)?.sqrt()?, r.eps)?
         } else {

@@ -12,7 +12,6 @@ use cudarc::nvrtc::Ptx;
 use profit_core::error::BackendError;
 
 use crate::kernels;
-use crate::tensor::{CudaElement, CudaTensor};
 
 pub(crate) fn driver_err(e: DriverError) -> BackendError {
     BackendError::Device(format!("CUDA driver: {e:?}"))
@@ -321,24 +320,6 @@ impl CudaBackend {
     /// Wait for all queued work.
     pub fn synchronize(&self) -> Result<(), BackendError> {
         self.dev.stream.synchronize().map_err(driver_err)
-    }
-
-    /// A zero-filled tensor of this shape.
-    pub fn zeros<E: CudaElement>(&self, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
-        let len = shape.iter().product::<usize>();
-        let data = self.dev.stream.alloc_zeros::<E>(len.max(1)).map_err(driver_err)?;
-        Ok(CudaTensor { data, len, shape: shape.to_vec(), dev: self.dev.clone() })
-    }
-
-    /// A tensor of this shape from row-major host values (`data.len()` must match the shape).
-    pub fn upload<E: CudaElement>(&self, shape: &[usize], data: &[E]) -> Result<CudaTensor<E>, BackendError> {
-        let len = shape.iter().product::<usize>();
-        if data.len() != len {
-            return Err(BackendError::Device(format!("upload: {} values for shape {shape:?}", data.len())));
-        }
-        let mut t = self.zeros(shape)?;
-        t.copy_from_host(data)?;
-        Ok(t)
     }
 }
 

@@ -2,11 +2,13 @@
 //!
 //! The kernels' source is `cuda-kernels/profit.cu` at the repository root; its PTX
 //! (`cuda-kernels/ptx/profit.ptx`, made by `cuda-kernels/build-ptx.sh` with the pinned CUDA 13.0
-//! compiler for `compute_80`) is embedded in this crate. When `nvcc` was found at build time the
+//! compiler for `compute_80`) is embedded in this crate. The crate carries both as
+//! `kernels/profit.cu` and `kernels/profit.ptx` (links to those files in the repository,
+//! copies in the published package). When `nvcc` was found at build time the
 //! freshly compiled PTX is embedded too and tried first.
 
 /// The committed PTX (`cuda-kernels/ptx/profit.ptx`).
-pub const COMMITTED_PTX: &str = include_str!("../../../cuda-kernels/ptx/profit.ptx");
+pub const COMMITTED_PTX: &str = include_str!("../kernels/profit.ptx");
 
 /// PTX compiled by `nvcc` at build time, or `""` when no `nvcc` was available.
 pub const NVCC_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/profit_nvcc.ptx"));

@@ -47,10 +47,10 @@
 //! value (the kernels convert with integer code, rounding to nearest even), as the host
 //! backends do; the reductions stay in f64. Their speed on a GPU has not been measured yet.
 //!
-//! Feature `nccl`: [`nccl::NcclCollective`], a [`Collective`](profit_core::collective::Collective) over
+//! Feature `nccl`: `nccl::NcclCollective`, a [`Collective`](profit_core::collective::Collective) over
 //! NCCL (loaded at run time) for PROFIT sharded over GPUs, one rank per GPU.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod device;
 pub mod kernels;

@@ -21,6 +21,7 @@ use crate::kernels::{self, APPLY_CHUNK, APPLY_THREADS, DESC_WORDS, REDUCE_CHUNK,
 use crate::tensor::{CudaElement, CudaTensor};
 
 /// The CUDA backend marker: `Profit<Cuda<f32>>` runs on [`CudaTensor<f32>`]s.
+#[derive(Debug)]
 pub struct Cuda<E>(PhantomData<E>);
 
 const F_NESTEROV: u32 = 1;
@@ -89,7 +90,7 @@ fn scalar_set<E: CudaElement>(k: &Kernel<E>) -> Result<(usize, [E::Real; SC_STRI
             v[3] = r.weight_decay;
             v[4] = r.alpha;
             v[5] = r.one_minus_alpha;
-            v[6] = r.lerp_weight;
+            v[6] = r.one_minus_alpha; // the lerp weight of the centered average
             v[7] = r.eps;
             v[8] = r.momentum;
             let flags = if r.centered { F_CENTERED } else { 0 } | if r.use_momentum { F_MOMENTUM } else { 0 };

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBi
 use profit_core::element::Element;
 use profit_core::error::BackendError;
 
-use crate::device::{driver_err, Device};
+use crate::device::{driver_err, CudaBackend, Device};
 
 /// An element type the CUDA kernels are compiled for: `f32`, `f64`, and the 16-bit
 /// `half::bf16` and `half::f16` (stored in 16 bits, computed in `f32`, rounded once per stored
@@ -142,5 +142,26 @@ impl<E: CudaElement> CudaTensor<E> {
         let dev = self.dev.clone();
         dev.stream.memcpy_htod(src, &mut self.view_mut()).map_err(driver_err)?;
         dev.stream.synchronize().map_err(driver_err)
+    }
+}
+
+/// Making tensors on a backend (here rather than in `device`, which knows nothing of tensors).
+impl CudaBackend {
+    /// A zero-filled tensor of this shape.
+    pub fn zeros<E: CudaElement>(&self, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
+        let len = shape.iter().product::<usize>();
+        let data = self.dev.stream.alloc_zeros::<E>(len.max(1)).map_err(driver_err)?;
+        Ok(CudaTensor { data, len, shape: shape.to_vec(), dev: self.dev.clone() })
+    }
+
+    /// A tensor of this shape from row-major host values (`data.len()` must match the shape).
+    pub fn upload<E: CudaElement>(&self, shape: &[usize], data: &[E]) -> Result<CudaTensor<E>, BackendError> {
+        let len = shape.iter().product::<usize>();
+        if data.len() != len {
+            return Err(BackendError::Device(format!("upload: {} values for shape {shape:?}", data.len())));
+        }
+        let mut t = self.zeros(shape)?;
+        t.copy_from_host(data)?;
+        Ok(t)
     }
 }

@@ -5,7 +5,7 @@ use profit_core::error::BackendError;
 use profit_cuda::kernels::{self, entry_points, ptx_entries, ptx_isa_version, COMMITTED_PTX, NVCC_PTX};
 use profit_cuda::CudaBackend;
 
-const SOURCE: &str = include_str!("../../../cuda-kernels/profit.cu");
+const SOURCE: &str = include_str!("../kernels/profit.cu");
 
 /// `#define NAME value` from the kernel source, evaluated for plain numbers and `(A * B)`.
 fn define(name: &str) -> u64 {

@@ -50,7 +50,8 @@
 //! assert_eq!(opt.profit().calls(), 4);
 //! ```
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -96,6 +97,12 @@ pub struct Mirror {
     names: Vec<String>,
     params: Vec<FlatTensor>,
     grads: Vec<FlatTensor>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror").field("names", &self.names).finish_non_exhaustive()
+    }
 }
 
 impl Mirror {
@@ -320,6 +327,15 @@ pub struct DfdxProfit<M> {
     _model: PhantomData<fn(&M)>,
 }
 
+impl<M> std::fmt::Debug for DfdxProfit<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DfdxProfit")
+            .field("profit", &self.profit)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<M: TensorCollection<f32, Cpu>> DfdxProfit<M> {
     /// Build over every trainable tensor of `model` (named by dfdx's paths, e.g. `0.weight`).
     /// All optimizer state is allocated here.
@@ -410,6 +426,12 @@ pub struct DfdxPlain<M> {
     mirror: Mirror,
     last_error: Option<DfdxError>,
     _model: PhantomData<fn(&M)>,
+}
+
+impl<M> std::fmt::Debug for DfdxPlain<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DfdxPlain").field("plain", &self.plain).finish_non_exhaustive()
+    }
 }
 
 impl<M: TensorCollection<f32, Cpu>> DfdxPlain<M> {

@@ -20,6 +20,9 @@
 //! opt.step(&mut [&mut w], &[&DMatrix::from_element(2, 2, 0.1)]).unwrap();
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
 use std::marker::PhantomData;
 
 use nalgebra::{DMatrix, DVector};
@@ -29,9 +32,11 @@ use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
 
 /// The nalgebra matrix backend marker: tensors are `DMatrix<E>`.
+#[derive(Debug)]
 pub struct Nalgebra<E>(PhantomData<E>);
 
 /// The nalgebra vector backend marker: tensors are `DVector<E>`.
+#[derive(Debug)]
 pub struct NalgebraVector<E>(PhantomData<E>);
 
 impl<E: Element + nalgebra::Scalar> HostBackend for Nalgebra<E> {

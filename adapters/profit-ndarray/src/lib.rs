@@ -17,6 +17,9 @@
 //! opt.step(&mut [&mut w], &[&g]).unwrap();
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
 use std::marker::PhantomData;
 
 use ndarray::ArrayD;
@@ -25,6 +28,7 @@ use profit_core::error::BackendError;
 use profit_core::host::HostBackend;
 
 /// The ndarray backend marker: tensors are `ArrayD<E>`.
+#[derive(Debug)]
 pub struct NdArray<E>(PhantomData<E>);
 
 impl<E: Element> HostBackend for NdArray<E> {

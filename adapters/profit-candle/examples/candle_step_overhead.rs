@@ -2,7 +2,7 @@
 //! tensor-ops path that vars off the CPU take, forced onto the CPU here) against candle's own
 //! `AdamW`, on the same model and the same gradients.
 //!
-//! `cargo run --release -p profit-candle --example step_overhead [-- --steps N]`
+//! `cargo run --release -p profit-candle --example candle_step_overhead [-- --steps N]`
 //!
 //! For each model size: one backward pass gives a `GradStore`; each optimizer then takes
 //! `steps` calls with it (the forward/backward pass is not timed). PROFIT's calls alternate

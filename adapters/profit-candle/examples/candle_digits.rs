@@ -1,6 +1,6 @@
 //! Fine-tune a candle MLP with PROFIT and with candle's own AdamW, on the UCI digits.
 //!
-//! `cargo run --release -p profit-candle --example digits [-- --seeds N] [--task transposed]`
+//! `cargo run --release -p profit-candle --example candle_digits [-- --seeds N] [--task transposed]`
 //! (3 seeds by default)
 //!
 //! The task of `profit digits` (profit-cli), with the same data, split and new tasks

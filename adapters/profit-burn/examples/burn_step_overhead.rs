@@ -1,7 +1,7 @@
 //! Per-step cost of `BurnProfit` against burn's own `AdamW` (`ModuleOptimizer`), on the same
 //! model (ndarray backend with autodiff).
 //!
-//! `cargo run --release -p profit-burn --example step_overhead [-- --steps N]`
+//! `cargo run --release -p profit-burn --example burn_step_overhead [-- --steps N]`
 //!
 //! For each model size and call, a forward/backward pass gives fresh `GradientsParams` (burn's
 //! optimizers consume them; not timed); only the optimizer call is timed. PROFIT's calls

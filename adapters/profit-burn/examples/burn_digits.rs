@@ -1,6 +1,6 @@
 //! Fine-tune a burn MLP with PROFIT and with burn's own AdamW, on the UCI digits.
 //!
-//! `cargo run --release -p profit-burn --example digits [-- --seeds N] [--task transposed]
+//! `cargo run --release -p profit-burn --example burn_digits [-- --seeds N] [--task transposed]
 //! [--main burn-adamw]` (3 seeds by default)
 //!
 //! The task of `profit digits` (profit-cli), with the same data, split and new tasks
