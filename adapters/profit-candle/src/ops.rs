@@ -336,13 +336,8 @@ fn check_pass<E: CandleElement>(
     if !param.is_contiguous() {
         return Err(BackendError::NotContiguous);
     }
-    let v = state
-        .variant(k.pass)
-        .ok_or_else(|| BackendError::Device("pass needs an anchor or a delta".into()))?;
+    let v = state.check(k)?;
     let slots = state.slots(k.pass);
-    if slots.len() < k.rule.slots() {
-        return Err(BackendError::Device("missing optimizer state slots".into()));
-    }
     let mut all: Vec<(&str, &Tensor)> = vec![("gradient", grad)];
     if v.reads_anchor() || v.writes_anchor() {
         all.push(("anchor", state.anchor.as_ref().ok_or_else(|| BackendError::Device("no anchor".into()))?));
@@ -371,9 +366,7 @@ fn apply_one<E: CandleElement>(
     grad: &Tensor,
     state: &mut TensorState<Tensor>,
 ) -> Result<(), BackendError> {
-    let v = state
-        .variant(k.pass)
-        .ok_or_else(|| BackendError::Device("pass needs an anchor or a delta".into()))?;
+    let v = state.check(k)?;
     if param.elem_count() == 0 {
         // Nothing to step (and candle returns an empty tensor's own storage from some ops).
         return Ok(());

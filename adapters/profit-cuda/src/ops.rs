@@ -175,7 +175,7 @@ fn build_apply<E: CudaElement>(
         if g.len != len {
             return Err(err("apply_all: gradient and parameter lengths differ"));
         }
-        let variant = st.variant(k.pass).ok_or_else(|| err("pass needs an anchor or a delta"))?;
+        let variant = st.check(k)?;
         let pass = variant as usize;
         let check = |t: &CudaTensor<E>, what: &str| -> Result<(), BackendError> {
             same_dev(dev, t, what)?;
@@ -190,11 +190,7 @@ fn build_apply<E: CudaElement>(
         if variant.reads_anchor() || variant.writes_anchor() {
             check(st.anchor.as_ref().ok_or_else(|| err("pass needs the anchor"))?, "anchor")?;
         }
-        let slots = st.slots(k.pass);
-        if slots.len() < k.rule.slots() {
-            return Err(err("missing optimizer state slots"));
-        }
-        for t in &slots[..k.rule.slots()] {
+        for t in st.slots(k.pass).iter().take(k.rule.slots()) {
             check(t, "optimizer state")?;
         }
         if len == 0 {
