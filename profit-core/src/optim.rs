@@ -326,6 +326,18 @@ impl InnerConfig {
         self
     }
 
+    /// The same configuration with another weight decay (none for [`External`]).
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        match &mut self {
+            InnerConfig::Sgd(c) => c.weight_decay = weight_decay,
+            InnerConfig::Adam(c) => c.weight_decay = weight_decay,
+            InnerConfig::AdamW(c) => c.weight_decay = weight_decay,
+            InnerConfig::RmsProp(c) => c.weight_decay = weight_decay,
+            InnerConfig::External(_) => {}
+        }
+        self
+    }
+
     /// Names of the per-parameter state buffers, in PyTorch's names and in kernel slot order.
     pub fn slot_names(&self) -> &'static [&'static str] {
         match *self {

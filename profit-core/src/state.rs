@@ -153,7 +153,8 @@ pub struct StateBuffer<T> {
 }
 
 /// Everything but the buffers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateMeta {
     /// The configuration (with the learning rates it was built with).
     pub config: ProfitConfig,

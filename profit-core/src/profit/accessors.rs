@@ -4,7 +4,8 @@
 use crate::backend::TensorOps;
 use crate::config::{Delta, ProfitConfig, Restore};
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{ProfitError, Result};
+use crate::optim::InnerConfig;
 use crate::params::Rate;
 use crate::report::{Phase, TensorReport};
 use crate::state::{BufferKind, GroupState};
@@ -131,6 +132,25 @@ impl<B: TensorOps> Profit<B> {
     /// Set one group's main weight decay.
     pub fn set_group_weight_decay(&mut self, group: usize, weight_decay: f64) -> Result<()> {
         self.reg.set_group_weight_decay(group, weight_decay)
+    }
+
+    /// Replace the inner optimizers' other hyperparameters (betas, eps, momentum, alpha, ...),
+    /// as a scheduler such as torch's `OneCycleLR` moves them, between calls. Each must keep
+    /// its kind and state layout (slots); the learning rates and weight decays stay the
+    /// groups' own. Checked before anything changes.
+    pub fn set_inner_hyperparameters(&mut self, reference: InnerConfig, main: InnerConfig) -> Result<()> {
+        let (r, m) = (self.config.reference, self.config.main);
+        for (new, old) in [(reference, r), (main, m)] {
+            new.validate()?;
+            if new.kind() != old.kind() || new.slot_names() != old.slot_names() {
+                return Err(ProfitError::InvalidConfig(
+                    "an inner optimizer's kind and state slots cannot change after it is built",
+                ));
+            }
+        }
+        self.config.reference = reference.with_lr(r.lr()).with_weight_decay(r.weight_decay());
+        self.config.main = main.with_lr(m.lr()).with_weight_decay(m.weight_decay());
+        Ok(())
     }
 
     /// Elements in trainable tensors.
