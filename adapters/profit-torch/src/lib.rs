@@ -248,6 +248,12 @@ impl Engine {
         with_run!(&mut self.inner, r => r.step(&params, &grads).map(report))
     }
 
+    /// Check a call's addresses (alignment; no parameter sharing memory with another tensor
+    /// of the call) without stepping: what a rank checks before the ranks agree to step.
+    fn check(&mut self, params: Vec<usize>, grads: Vec<usize>) -> PyResult<()> {
+        with_run!(&mut self.inner, r => point(&mut r.params, &mut r.grads, &params, &grads).map(|_| ()))
+    }
+
     /// Counted calls, skipped calls, main calls that projected, main calls that stalled,
     /// reference steps, main steps.
     fn counters(&self) -> (u64, u64, u64, u64, u64, u64) {

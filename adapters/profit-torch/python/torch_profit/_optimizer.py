@@ -10,6 +10,7 @@ import torch
 from torch.optim import Optimizer
 
 from . import _core
+from ._distributed import Ranks, is_dtensor, local
 from ._errors import (
     ProfitConfigError,
     ProfitDeviceError,
@@ -160,6 +161,7 @@ class PROFIT(Optimizer):
         alpha=0.99,
         centered=False,
         reference_options=None,
+        process_group=None,
     ):
         for name, v in (("main", main), ("reference", reference)):
             if v not in _HYPER:
@@ -208,6 +210,7 @@ class PROFIT(Optimizer):
             reference_options=ref,
         )
         self._engine = None
+        self._process_group = process_group
         self.last_report: Optional[StepReport] = None
         super().__init__(params, defaults)
         self._build()
@@ -285,7 +288,7 @@ class PROFIT(Optimizer):
             raise ProfitInputError("no parameter requires a gradient")
         dtype = trainable[0][1].dtype
         for _, p, _ in trainable:
-            self._check_param(p)
+            self._check_param(local(p))
             if p.dtype != dtype:
                 raise ProfitInputError(f"parameters of dtypes {dtype} and {p.dtype}: all must share one dtype")
         seen = set()
@@ -303,13 +306,21 @@ class PROFIT(Optimizer):
             g = self.param_groups[gi]
             opts = {"lr": _num(g["lr"]), "ref_lr": _num(g["ref_lr"]), "weight_decay": float(g["weight_decay"]), "frozen": False}
             names = [str(k) for k, _ in members[gi]]
-            shapes = [list(p.shape) for _, p in members[gi]]
+            shapes = [list(local(p).shape) for _, p in members[gi]]
             groups.append((json.dumps(opts), names, shapes))
         params = [p for gi in order for _, p in members[gi]]
         old = self._export() if self._engine is not None else None
-        engine = _call(_core.Engine, _DTYPES[dtype], config, groups, [p.data_ptr() for p in params])
+        engine = _call(_core.Engine, _DTYPES[dtype], config, groups, [local(p).data_ptr() for p in params])
+        ranks = None
+        if any(is_dtensor(p) for p in params):
+            ranks = Ranks(params)
+            if ranks.any_sharded:
+                _call(engine.set_collective, ranks.rank, ranks.world, ranks.all_reduce)
+        elif self._process_group is not None:
+            ranks = Ranks.replicated(self._process_group, len(params))
         if old is not None:
             self._carry(engine, old, params, [k for gi in order for k, _ in members[gi]])
+        self._ranks = ranks
         self._engine = engine
         self._dtype = dtype
         self._params = params
@@ -322,7 +333,7 @@ class PROFIT(Optimizer):
     def _export(self):
         """The engine's state: meta (dict) and each buffer as a tensor, by key."""
         meta = json.loads(self._engine.state_meta())
-        shapes = dict(zip(self._param_names, (p.shape for p in self._params)))
+        shapes = dict(zip(self._param_names, (local(p).shape for p in self._params)))
         bufs = {}
         for key, _ in self._engine.buffer_keys():
             t = torch.empty(shapes[key.split("/")[0]], dtype=self._dtype)
@@ -347,9 +358,9 @@ class PROFIT(Optimizer):
             if key in bufs:
                 t = bufs[key]
             elif kind == "anchor":
-                t = by_index[int(name)].detach().clone()
+                t = local(by_index[int(name)]).detach().clone()
             else:
-                t = torch.zeros_like(by_index[int(name)], memory_format=torch.contiguous_format)
+                t = torch.zeros_like(local(by_index[int(name)]), memory_format=torch.contiguous_format)
             keys.append(key)
             tensors.append(t)
         _call(engine.load_state, json.dumps(new_meta), keys, [t.data_ptr() for t in tensors], False)
@@ -358,7 +369,7 @@ class PROFIT(Optimizer):
             k = int(name)
             if k not in by_index and f"{name}/anchor" in bufs:
                 with torch.no_grad():
-                    everyone[k].copy_(bufs[f"{name}/anchor"])
+                    local(everyone[k]).copy_(bufs[f"{name}/anchor"])
 
     # -- a call ---------------------------------------------------------------------------------
 
@@ -399,26 +410,45 @@ class PROFIT(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync()
+        if self._ranks is None:
+            ptrs, gptrs = self._addresses()
+        else:
+            # Every rank checks its own call, then the ranks agree before any of them steps
+            # (or waits in the all-gather of the sums).
+            try:
+                ptrs, gptrs = self._addresses()
+                _call(self._engine.check, ptrs, gptrs)
+                failure = None
+            except Exception as e:  # re-raised below, after the ranks agreed
+                failure = e
+            if not self._ranks.agree(failure is None):
+                raise (failure or self._ranks.refused())
+        call, phase, scale, main = _call(self._engine.step, ptrs, gptrs)
+        self.last_report = StepReport(call, phase, scale, MainReport(*main) if main is not None else None)
+        return loss
+
+    def _addresses(self):
+        """The parameters' and gradients' addresses (``0``: no gradient), every tensor checked."""
         dtype = self._dtype
         ptrs, gptrs = [], []
-        for p in self._params:
+        for q in self._params:
+            p = local(q)
             if p.dtype is not dtype or not p.is_cpu or p.layout != torch.strided or not p.is_contiguous():
                 self._check_param(p)
                 raise ProfitInputError(f"a parameter changed to {p.dtype} since the optimizer was built")
             ptrs.append(p.data_ptr())
-            g = p.grad
+            g = q.grad
             if g is None:
                 gptrs.append(0)
                 continue
+            g = local(g)
             if g.dtype is not dtype or not g.is_cpu or g.layout != torch.strided or not g.is_contiguous() or g.shape != p.shape:
                 self._check_param(g, "a gradient")
                 raise ProfitInputError(
                     f"a gradient of shape {tuple(g.shape)} and dtype {g.dtype} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
                 )
             gptrs.append(g.data_ptr())
-        call, phase, scale, main = _call(self._engine.step, ptrs, gptrs)
-        self.last_report = StepReport(call, phase, scale, MainReport(*main) if main is not None else None)
-        return loss
+        return ptrs, gptrs
 
     # -- what a run reports ---------------------------------------------------------------------
 
@@ -470,9 +500,14 @@ class PROFIT(Optimizer):
         ``torch.save`` it; ``load_state_dict`` resumes bitwise, mid-cycle included (restore
         the model's parameters too: the anchor belongs with them)."""
         meta, bufs = self._export()
+        owner = dict(zip(self._param_names, self._params))
         state = {}
         for key, t in bufs.items():
             name, kind = key.split("/", 1)
+            p = owner[name]
+            if is_dtensor(p):
+                # Sharded like its parameter (what torch.distributed.checkpoint saves and loads).
+                t = type(p).from_local(t, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False)
             if kind.startswith("main/"):
                 kind = kind[len("main/"):]
             elif kind.startswith("ref/"):
@@ -513,11 +548,28 @@ class PROFIT(Optimizer):
                 t = state[int(name)][field]
             except (KeyError, TypeError):
                 raise ProfitStateError(f"the state dict has no {field!r} for parameter {name}") from None
-            if not isinstance(t, torch.Tensor) or t.shape != shapes[name]:
-                raise ProfitStateError(f"state {field!r} of parameter {name}: expected a tensor of shape {tuple(shapes[name])}")
+            if not isinstance(t, torch.Tensor):
+                raise ProfitStateError(f"state {field!r} of parameter {name} is not a tensor")
+            t = local(t)
+            if t.shape != shapes[name]:
+                raise ProfitStateError(f"state {field!r} of parameter {name}: expected a tensor of shape {tuple(shapes[name])}, got {tuple(t.shape)}")
             t = t.detach().to(device="cpu", dtype=self._dtype).contiguous()
             keys.append(key)
             tensors.append(t)
+        # A sharded state: every rank loads the same meta (torch.distributed.checkpoint keeps
+        # one copy of non-tensor values); it is this rank's once the world sizes agree (the
+        # shard shapes were checked above, the tensors are this rank's shards).
+        world = self._ranks.world if self._ranks is not None and self._ranks.any_sharded else 1
+        if meta.get("world_size", 1) != world:
+            raise ProfitStateError(
+                f"the state dict was saved by {meta.get('world_size', 1)} rank(s), this optimizer spans {world}: resharding is not supported"
+            )
+        if world > 1:
+            meta["rank"] = self._ranks.rank
+            local_shapes = dict(zip(self._param_names, (list(local(p).shape) for p in self._params)))
+            for p in meta.get("params", []):
+                if p.get("name") in local_shapes:
+                    p["shape"] = local_shapes[p["name"]]
         # PROFIT's settings must be the optimizer's; the inner optimizers' hyperparameters are
         # taken from the state dict, as torch.optim takes its param_groups' (their kinds and
         # state layout must agree: checked by the engine).
