@@ -540,7 +540,7 @@ class PROFIT(Optimizer):
         ):
             raise ProfitStateError("the state dict's parameter groups differ from the optimizer's")
         keys, tensors = [], []
-        shapes = dict(zip(self._param_names, (p.shape for p in self._params)))
+        shapes = dict(zip(self._param_names, (local(p).shape for p in self._params)))
         for key, _ in self._engine.buffer_keys():
             name, kind = key.split("/", 1)
             field = kind[len("main/"):] if kind.startswith("main/") else ("ref_" + kind[len("ref/"):] if kind.startswith("ref/") else kind)
