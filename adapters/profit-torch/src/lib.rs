@@ -138,7 +138,8 @@ impl<E: Element> Run<E> {
             options.push(json::<GroupOptions>("group options", opts)?);
             params.extend(shapes.iter().map(|s| TorchBuf::view(s)));
         }
-        let mut grads: Vec<TorchBuf<E>> = params.iter().map(|p| TorchBuf::view(&Torch::<E>::shape(p))).collect();
+        let mut grads: Vec<TorchBuf<E>> =
+            params.iter().map(|p| TorchBuf::view(&Torch::<E>::shape(p))).collect();
         point(&mut params, &mut grads, addrs, &[])?;
         let mut built = vec![];
         let mut rest = &params[..];
@@ -153,7 +154,8 @@ impl<E: Element> Run<E> {
 
     fn step(&mut self, params: &[usize], grads: &[usize]) -> PyResult<StepReport> {
         let present = point(&mut self.params, &mut self.grads, params, grads)?;
-        let g: Vec<Option<&TorchBuf<E>>> = self.grads.iter().zip(&present).map(|(g, &p)| p.then_some(g)).collect();
+        let g: Vec<Option<&TorchBuf<E>>> =
+            self.grads.iter().zip(&present).map(|(g, &p)| p.then_some(g)).collect();
         let mut p: Vec<&mut TorchBuf<E>> = self.params.iter_mut().collect();
         self.profit.step_partial(&mut p, &g).map_err(err)
     }
@@ -161,7 +163,11 @@ impl<E: Element> Run<E> {
     /// Copy state buffer `key` into the `numel` elements at `dst`.
     fn read_buffer(&self, key: &str, dst: usize) -> PyResult<()> {
         let state = self.profit.state().map_err(err)?;
-        let b = state.buffers.iter().find(|b| b.key == key).ok_or_else(|| core_err("state", format!("no state buffer `{key}`")))?;
+        let b = state
+            .buffers
+            .iter()
+            .find(|b| b.key == key)
+            .ok_or_else(|| core_err("state", format!("no state buffer `{key}`")))?;
         let mut view = TorchBuf::<E>::view(&Torch::<E>::shape(b.tensor));
         view.point(dst).map_err(|e| core_err("input", e))?;
         let mut tmp = vec![E::from_f64(0.0); b.tensor.numel()];
@@ -179,8 +185,10 @@ impl<E: Element> Run<E> {
         let mut buffers = vec![];
         for (key, addr) in keys.into_iter().zip(addrs) {
             let expected = meta.buffer_keys().into_iter().find(|(k, _, _)| *k == key);
-            let (_, param, kind) = expected.ok_or_else(|| core_err("state", format!("unexpected state buffer `{key}`")))?;
-            let shape = &meta.params.get(param).ok_or_else(|| core_err("state", "bad parameter index"))?.shape;
+            let (_, param, kind) =
+                expected.ok_or_else(|| core_err("state", format!("unexpected state buffer `{key}`")))?;
+            let shape =
+                &meta.params.get(param).ok_or_else(|| core_err("state", "bad parameter index"))?.shape;
             let mut view = TorchBuf::<E>::view(shape);
             view.point(addr).map_err(|e| core_err("input", e))?;
             buffers.push(StateBuffer { param, kind, key, tensor: view });
@@ -213,7 +221,12 @@ struct Engine {
     inner: Inner,
 }
 
-fn report(r: StepReport) -> (u64, &'static str, f64, Option<(f64, f64, f64, bool, f64, f64)>) {
+/// A main call's `(omega, |delta|^2, |g|^2, projected, cos, removed)`.
+type MainTuple = (f64, f64, f64, bool, f64, f64);
+/// A call's `(call, phase, grad_scale, main)`.
+type ReportTuple = (u64, &'static str, f64, Option<MainTuple>);
+
+fn report(r: StepReport) -> ReportTuple {
     let main = r.main.map(|m| (m.omega, m.delta_norm_sq, m.grad_norm_sq, m.projected, m.cosine, m.removed));
     (r.call, r.phase.name(), r.grad_scale, main)
 }
@@ -239,12 +252,7 @@ impl Engine {
     /// One call: the parameters' and gradients' `data_ptr()`s (`0`: no gradient). Returns
     /// `(call, phase, grad_scale, main)`, `main` = `(omega, |delta|^2, |g|^2, projected, cos,
     /// removed)` at main calls.
-    #[allow(clippy::type_complexity)]
-    fn step(
-        &mut self,
-        params: Vec<usize>,
-        grads: Vec<usize>,
-    ) -> PyResult<(u64, &'static str, f64, Option<(f64, f64, f64, bool, f64, f64)>)> {
+    fn step(&mut self, params: Vec<usize>, grads: Vec<usize>) -> PyResult<ReportTuple> {
         with_run!(&mut self.inner, r => r.step(&params, &grads).map(report))
     }
 
@@ -317,7 +325,13 @@ impl Engine {
 
     /// Load a state (meta JSON, buffer keys and addresses), its configuration too with
     /// `adopt_config` (the state layout must agree); nothing changes on error.
-    fn load_state(&mut self, meta: &str, keys: Vec<String>, addrs: Vec<usize>, adopt_config: bool) -> PyResult<()> {
+    fn load_state(
+        &mut self,
+        meta: &str,
+        keys: Vec<String>,
+        addrs: Vec<usize>,
+        adopt_config: bool,
+    ) -> PyResult<()> {
         with_run!(&mut self.inner, r => r.load(meta, keys, addrs, adopt_config))
     }
 

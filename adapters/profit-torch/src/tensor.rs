@@ -106,7 +106,10 @@ impl<E: Element> HostBackend for Torch<E> {
 
 /// Refuse a call whose parameters overlap each other or any gradient (their memory is
 /// written), before any view is turned into a slice.
-pub(crate) fn check_disjoint<E: Element>(params: &[TorchBuf<E>], grads: &[Option<&TorchBuf<E>>]) -> Result<(), String> {
+pub(crate) fn check_disjoint<E: Element>(
+    params: &[TorchBuf<E>],
+    grads: &[Option<&TorchBuf<E>>],
+) -> Result<(), String> {
     let mut written: Vec<(usize, usize, usize)> = params
         .iter()
         .enumerate()
