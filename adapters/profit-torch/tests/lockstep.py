@@ -99,16 +99,17 @@ def stat_errors(ra, rb, trainable_slots=None):
 # -- models and data ---------------------------------------------------------------------------
 
 def mlp(seed=0, d_in=6, hidden=12, d_out=3):
+    """float64 (``.to(dtype)`` for others)."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.Tanh(),
-                         nn.Linear(hidden, d_out))
+                         nn.Linear(hidden, d_out)).double()
 
 
 def cnn(seed=0, d_out=3):
-    """Input [batch, 1, 8, 8]."""
+    """Input [batch, 1, 8, 8]; float64."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(3 * 4 * 4, d_out))
+                         nn.Linear(3 * 4 * 4, d_out)).double()
 
 
 MLP_INPUT = (6,)
@@ -148,7 +149,7 @@ class Lockstep:
     parameter groups (default: ``model.parameters()``)."""
 
     def __init__(self, model, dtype=torch.float64, groups=None, rounding="once", tol=None,
-                 **kwargs):
+                 oracle_groups=None, **kwargs):
         self.a = copy.deepcopy(model).to(dtype)
         self.b = copy.deepcopy(self.a)
         self.dtype = dtype
@@ -156,7 +157,7 @@ class Lockstep:
         pk = {k: v for k, v in kwargs.items() if k not in ORACLE_ONLY}
         ok = {k: copy.deepcopy(v) for k, v in kwargs.items() if k not in PACKAGE_ONLY}
         self.opt = torch_profit.PROFIT(groups(self.a), **pk)
-        self.ref = ReferencePROFIT(groups(self.b), rounding=rounding, **ok)
+        self.ref = ReferencePROFIT((oracle_groups or groups)(self.b), rounding=rounding, **ok)
         self.tol = tol or TOL[dtype]
         self.worst = 0.0
         self.worst_stat = 0.0
@@ -176,13 +177,14 @@ class Lockstep:
 
     def step(self, x=None, y=None, edit=None, loss_fn=mse):
         """One call on both: gradients at (x, y) (skipped when x is None: the caller set them),
-        `edit(params, call)` may change them (same edit on both), then compare."""
+        `edit(params, call)` may change them (the same edit on both; `params` in the module's
+        order), then compare."""
         if x is not None:
             self.backward(x, y, loss_fn)
         if edit is not None:
             call = len(self.reports)
-            edit(self.a_params(), call)
-            edit(self.b_params(), call)
+            edit(list(self.a.parameters()), call)
+            edit(list(self.b.parameters()), call)
         self.opt.step()
         self.ref.step()
         return self.compare()
@@ -194,7 +196,7 @@ class Lockstep:
         where = f"call {call} ({rb['phase']})"
         assert ra["phase"] == rb["phase"], f"{where}: phase {ra['phase']} vs oracle {rb['phase']}"
         assert ra["call"] == rb["call"], f"{where}: call index {ra['call']} vs oracle {rb['call']}"
-        err = max(param_error(p, q) for p, q in zip(self.a_params(), self.b_params()))
+        err = max(param_error(p, q) for p, q in zip(self.a.parameters(), self.b.parameters()))
         self.worst = max(self.worst, err)
         assert err <= self.tol[0], f"{where}: parameter error {err:.3e} > {self.tol[0]:.1e}"
         serr = 0.0 if rb["phase"] == "skipped" else rel(ra["clip_factor"], rb["clip_factor"])

@@ -82,7 +82,9 @@ class _Slot:
 class ReferencePROFIT(torch.optim.Optimizer):
     """PROFIT around ``torch.optim`` optimizers; see the module docstring.
 
-    Per group: the main lr is the group's ``lr``, the main weight decay its ``weight_decay``;
+    Per group: the main lr is the group's ``lr``, the main weight decay its ``weight_decay``
+    (and the main optimizer's other hyperparameters its keys of torch's names, equal across
+    groups at construction, read at every call so that schedulers may move them);
     the reference lr is the group's ``ref_lr`` if set, else the global ``ref_lr`` if set, else
     ``lr / ratio`` (read at every call, so it follows lr changes). All other hyperparameters are
     global. ``weight_decay=None`` is torch's default for the main kind (AdamW 1e-2, else 0).
@@ -121,9 +123,18 @@ class ReferencePROFIT(torch.optim.Optimizer):
         if weight_decay is None:
             weight_decay = 1e-2 if main == "adamw" else 0.0
 
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        hyper = dict(momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
+                     betas=tuple(betas), eps=eps, amsgrad=amsgrad, alpha=alpha, centered=centered)
+        main_kw = {k: hyper[k] for k in MAIN_HYPER[main]}
+        # The main optimizer's hyperparameters are in the defaults (and so in every group), as
+        # in the torch optimizer of that kind, so that schedulers that move them (OneCycleLR /
+        # CyclicLR with cycle_momentum: "betas" for Adam, "momentum" for SGD and RMSprop) find
+        # them; they are read at every call. They may not differ between groups at construction.
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, **main_kw})
         for group in self.param_groups:
-            extra = set(group) - GROUP_KEYS
+            extra = set(group) - GROUP_KEYS - set(main_kw)
+            extra |= {k for k in main_kw
+                      if (tuple(group[k]) if k == "betas" else group[k]) != main_kw[k]}
             if extra:
                 raise ValueError(f"per-group keys {sorted(extra)}: only lr, weight_decay and "
                                  "ref_lr may differ between groups")
@@ -138,9 +149,6 @@ class ReferencePROFIT(torch.optim.Optimizer):
             _Slot(p, gi, shadow=rounding == "once" and p.dtype in LOW_PRECISION and p.requires_grad)
             for gi, group in enumerate(self.param_groups) for p in group["params"]
         ]
-        hyper = dict(momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
-                     betas=tuple(betas), eps=eps, amsgrad=amsgrad, alpha=alpha, centered=centered)
-        main_kw = {k: hyper[k] for k in MAIN_HYPER[main]}
         self.main_optimizer = KINDS[main](self._inner_groups(), foreach=False, **main_kw)
         self.reference_optimizer = KINDS[reference](self._inner_groups(), foreach=False,
                                                     **ref_options)
@@ -174,6 +182,8 @@ class ReferencePROFIT(torch.optim.Optimizer):
                                  self.reference_optimizer.param_groups):
             mg["lr"] = group["lr"]
             mg["weight_decay"] = group["weight_decay"]
+            for key in MAIN_HYPER[self.main]:
+                mg[key] = tuple(group[key]) if key == "betas" else group[key]
             rg["lr"] = self.group_ref_lr(group)
 
     def add_param_group(self, param_group):

@@ -169,16 +169,16 @@ class PROFIT(Optimizer):
         for name, v in (("delta", delta), ("projection", projection), ("restore", restore), ("non_finite", non_finite)):
             if v not in _CHOICES[name]:
                 raise ProfitConfigError(f"{name} must be one of {_CHOICES[name]}, got {v!r}")
+        for name, v, low in (("n_ref", n_ref, 1), ("warmup_steps", warmup_steps, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ProfitConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
             raise ProfitConfigError(f"ratio must be finite and > 0, got {ratio!r}")
         if not (isinstance(lr, (int, float, torch.Tensor)) and math.isfinite(_num(lr)) and _num(lr) >= 0):
             raise ProfitConfigError(f"invalid learning rate: {lr!r}")
         if weight_decay is None:
             weight_decay = _DEFAULT_WEIGHT_DECAY[main]
-        defaults = dict(
-            lr=lr,
-            ref_lr=ref_lr,
-            weight_decay=weight_decay,
+        given = dict(
             betas=tuple(betas),
             eps=eps,
             amsgrad=amsgrad,
@@ -189,6 +189,9 @@ class PROFIT(Optimizer):
             alpha=alpha,
             centered=centered,
         )
+        # Only the main optimizer's own hyperparameters, as torch.optim's classes have them
+        # (schedulers that cycle momentum look for `betas` or `momentum` in the defaults).
+        defaults = dict(lr=lr, ref_lr=ref_lr, weight_decay=weight_decay, **{k: given[k] for k in _HYPER[main]})
         ref = dict(_TORCH_DEFAULTS)
         ref["maximize"] = maximize
         if reference_options:
@@ -221,9 +224,6 @@ class PROFIT(Optimizer):
         """Add a group (``torch.optim``'s convention). After the first step its tensors join
         with fresh optimizer state, anchored at their current values."""
         super().add_param_group(param_group)
-        g = self.param_groups[-1]
-        if g["ref_lr"] is None:
-            g["ref_lr"] = _num(g["lr"]) / self._settings["ratio"]
         if self._engine is not None:
             self._build()
 
@@ -249,7 +249,7 @@ class PROFIT(Optimizer):
                     f"parameter groups differ in {_HYPER[s['main']]}: only lr, ref_lr and weight_decay may differ per group"
                 )
         main = _inner(s["main"], _num(g0["lr"]), g0["weight_decay"], g0)
-        ref_lr = _num(g0["ref_lr"])
+        ref_lr = self._rates(g0)[1]
         ro = s["reference_options"]
         reference = _inner(s["reference"], ref_lr, ro["weight_decay"], ro)
         mgn = s["max_grad_norm"]
@@ -304,7 +304,8 @@ class PROFIT(Optimizer):
         order = sorted(members)
         for gi in order:
             g = self.param_groups[gi]
-            opts = {"lr": _num(g["lr"]), "ref_lr": _num(g["ref_lr"]), "weight_decay": float(g["weight_decay"]), "frozen": False}
+            lr, ref_lr, wd = self._rates(g)
+            opts = {"lr": lr, "ref_lr": ref_lr, "weight_decay": wd, "frozen": False}
             names = [str(k) for k, _ in members[gi]]
             shapes = [list(local(p).shape) for _, p in members[gi]]
             groups.append((json.dumps(opts), names, shapes))
@@ -321,6 +322,8 @@ class PROFIT(Optimizer):
         if old is not None:
             self._carry(engine, old, params, [k for gi in order for k, _ in members[gi]])
         self._ranks = ranks
+        self._any_dtensor = any(is_dtensor(p) for p in params)
+        self._shapes = [local(p).shape for p in params]
         self._engine = engine
         self._dtype = dtype
         self._params = params
@@ -329,6 +332,7 @@ class PROFIT(Optimizer):
         self._requires = [p.requires_grad for g in self.param_groups for p in g["params"]]
         self._pushed = [self._rates(self.param_groups[gi]) for gi in order]
         self._pushed_hyper = (ref_json, main_json)
+        self._pushed_hyper_values = [self._hyper(g) for g in self.param_groups]
 
     def _export(self):
         """The engine's state: meta (dict) and each buffer as a tensor, by key."""
@@ -373,33 +377,39 @@ class PROFIT(Optimizer):
 
     # -- a call ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _rates(g):
-        return (_num(g["lr"]), _num(g["ref_lr"]), float(g["weight_decay"]))
+    def _rates(self, g):
+        """A group's ``(lr, ref_lr, weight_decay)``; ``ref_lr`` ``None`` (the default) means
+        ``lr / ratio``, following ``lr``."""
+        lr = _num(g["lr"])
+        ref = g["ref_lr"]
+        return (lr, lr / self._settings["ratio"] if ref is None else _num(ref), float(g["weight_decay"]))
 
     def _sync(self):
         """Push what changed in ``param_groups`` since the last call (schedulers move ``lr``;
-        ``ref_lr`` follows at the group's ratio unless it was set itself)."""
+        a group's ``ref_lr`` left ``None`` is ``lr / ratio``, so it follows)."""
         if [p.requires_grad for g in self.param_groups for p in g["params"]] != self._requires:
             self._build()
             return
         for e, gi in enumerate(self._engine_groups):
             g = self.param_groups[gi]
             lr, ref_lr, wd = self._rates(g)
+            if (lr, ref_lr, wd) == self._pushed[e]:
+                continue
             old_lr, old_ref, old_wd = self._pushed[e]
             if lr != old_lr:
-                _call(self._engine.set_group_lr, e, lr)
-                if ref_lr == old_ref:
-                    g["ref_lr"] = ref_lr = self._engine.group_rates()[e][1]
-            if ref_lr != old_ref:
+                _call(self._engine.set_group_lr, e, lr)  # moves the engine's ref_lr too
+            if ref_lr != self._engine.group_rates()[e][1]:
                 _call(self._engine.set_group_ref_lr, e, ref_lr)
             if wd != old_wd:
                 _call(self._engine.set_group_weight_decay, e, wd)
             self._pushed[e] = (lr, ref_lr, wd)
-        _, ref_json, main_json = self._config_json()
-        if (ref_json, main_json) != self._pushed_hyper:
-            _call(self._engine.set_inner, ref_json, main_json)
-            self._pushed_hyper = (ref_json, main_json)
+        hyper = [self._hyper(g) for g in self.param_groups]
+        if hyper != self._pushed_hyper_values:
+            _, ref_json, main_json = self._config_json()
+            if (ref_json, main_json) != self._pushed_hyper:
+                _call(self._engine.set_inner, ref_json, main_json)
+                self._pushed_hyper = (ref_json, main_json)
+            self._pushed_hyper_values = hyper
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -428,21 +438,25 @@ class PROFIT(Optimizer):
         return loss
 
     def _addresses(self):
-        """The parameters' and gradients' addresses (``0``: no gradient), every tensor checked."""
-        dtype = self._dtype
+        """The parameters' and gradients' addresses (``0``: no gradient), every tensor checked
+        (cheap checks first; the full check names what is wrong)."""
+        dtype, strided, sharded, shapes = self._dtype, torch.strided, self._any_dtensor, self._shapes
         ptrs, gptrs = [], []
         for q in self._params:
-            p = local(q)
-            if p.dtype is not dtype or not p.is_cpu or p.layout != torch.strided or not p.is_contiguous():
+            p = local(q) if sharded else q
+            if p.dtype is not dtype or not p.is_cpu or not p.is_contiguous() or p.shape != shapes[len(ptrs)]:
                 self._check_param(p)
-                raise ProfitInputError(f"a parameter changed to {p.dtype} since the optimizer was built")
+                raise ProfitInputError(
+                    f"a parameter changed to {p.dtype} {tuple(p.shape)} since the optimizer was built over {dtype} {tuple(shapes[len(ptrs)])}"
+                )
             ptrs.append(p.data_ptr())
             g = q.grad
             if g is None:
                 gptrs.append(0)
                 continue
-            g = local(g)
-            if g.dtype is not dtype or not g.is_cpu or g.layout != torch.strided or not g.is_contiguous() or g.shape != p.shape:
+            if sharded:
+                g = local(g)
+            if g.dtype is not dtype or not g.is_cpu or g.layout is not strided or not g.is_contiguous() or g.shape != p.shape:
                 self._check_param(g, "a gradient")
                 raise ProfitInputError(
                     f"a gradient of shape {tuple(g.shape)} and dtype {g.dtype} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
@@ -485,6 +499,11 @@ class PROFIT(Optimizer):
         """The phase the next call will have."""
         return self._engine.next_phase()
 
+    def reference_lrs(self) -> List[float]:
+        """Each group's reference learning rate for the next call: its ``ref_lr``, or
+        ``lr / ratio`` when that is ``None`` (the default)."""
+        return [self._rates(g)[1] for g in self.param_groups]
+
     def tensor_reports(self) -> List[dict]:
         """Per trainable parameter at the last main call: ``omega``, ``delta_sq``,
         ``grad_sq``, ``projected``."""
@@ -499,6 +518,7 @@ class PROFIT(Optimizer):
         ``param_groups`` the groups' settings, ``profit`` the counters and configuration.
         ``torch.save`` it; ``load_state_dict`` resumes bitwise, mid-cycle included (restore
         the model's parameters too: the anchor belongs with them)."""
+        self._sync()  # param_groups as the next call will see them
         meta, bufs = self._export()
         owner = dict(zip(self._param_names, self._params))
         state = {}
@@ -593,6 +613,7 @@ class PROFIT(Optimizer):
                 self._pushed[e] = rates[e]
         _, ref_json, main_json = self._config_json()
         self._pushed_hyper = (ref_json, main_json)
+        self._pushed_hyper_values = [self._hyper(g) for g in self.param_groups]
 
     def __repr__(self):
         s = self._settings
