@@ -3,7 +3,9 @@
 
 Per size, tensor count and dtype, in one run (median wall time of --reps after --warmup):
   - ``torch_profit.PROFIT`` (SGD reference, AdamW main, realized delta): one cycle = a
-    reference call and a main call, each a ``step()`` through the Python API;
+    reference call and a main call, each a ``step()`` through the Python API; by default
+    (non-finite gradients refused: one more read of the gradients at the reference call) and
+    with ``non_finite="propagate"`` (no check, as torch.optim and the foreach cycle);
   - the fastest PROFIT written with torch ops over the parameter list (foreach, no Python loop
     per tensor): reference call ``_foreach_copy_`` (anchor) + ``_foreach_add_`` (SGD); main
     call ``delta = theta - anchor``, ``omega = <delta, g>`` from ``_foreach_mul`` and
@@ -107,15 +109,18 @@ def main():
                 del ps, adamw
 
                 # torch_profit, one cycle (reference + main call).
-                ps = params_with_grads(n, k, dtype)
-                try:
-                    opt = torch_profit.PROFIT(ps, lr=lr, main="adamw", ratio=args.ratio, weight_decay=0.0)
-                    t_ours = time_ms(lambda: (opt.step(), opt.step()))
-                    del opt
-                except torch_profit.ProfitDeviceError as e:
-                    print(f"torch_profit on {dev}: {e}")
-                    t_ours = float("nan")
-                del ps
+                def ours(**kw):
+                    ps = params_with_grads(n, k, dtype)
+                    try:
+                        opt = torch_profit.PROFIT(ps, lr=lr, main="adamw", ratio=args.ratio, weight_decay=0.0, **kw)
+                        return time_ms(lambda: (opt.step(), opt.step()))
+                    except torch_profit.ProfitDeviceError as e:
+                        print(f"torch_profit on {dev}: {e}")
+                        return float("nan")
+
+                t_ours = ours()
+                # Without the non-finite check (torch.optim's and the foreach cycle's behaviour).
+                t_ours_prop = ours(non_finite="propagate")
 
                 # foreach PROFIT, one cycle, in two flavours of omega.
                 def foreach_cycle(dots):
@@ -154,20 +159,21 @@ def main():
                 suffix = "" if dtype == torch.float32 else ", bf16"
                 rows += [
                     (f"torch_profit.PROFIT cycle{suffix}", n, k, t_ours, 2),
+                    (f"torch_profit.PROFIT cycle, non_finite=propagate{suffix}", n, k, t_ours_prop, 2),
                     (f"foreach PROFIT cycle, omega by powsum{suffix}", n, k, t_fe_sum, 2),
                     (f"foreach PROFIT cycle, omega by torch.dot{suffix}", n, k, t_fe_dot, 2),
                     (f"torch AdamW step{suffix}", n, k, t_adamw, 1),
                 ]
-                ratios.append((dname, n, k, t_fe / t_ours, (t_ours / 2) / t_adamw))
+                ratios.append((dname, n, k, t_fe / t_ours, t_fe / t_ours_prop, (t_ours / 2) / t_adamw))
 
     print("| what | params | tensors | ms | ms per batch |")
     print("|---|---:|---:|---:|---:|")
     for what, n, k, ms, batches in rows:
         print(f"| {what} | {label(n)} | {k} | {ms:.2f} | {ms / batches:.2f} |")
-    print("\n| dtype | params | tensors | foreach PROFIT / torch_profit (cycle) | torch_profit per batch / AdamW step |")
-    print("|---|---:|---:|---:|---:|")
-    for dname, n, k, speedup, vs_adamw in ratios:
-        print(f"| {dname} | {label(n)} | {k} | {speedup:.2f}x | {vs_adamw:.2f} |")
+    print("\n| dtype | params | tensors | foreach PROFIT / torch_profit (cycle) | same, non_finite=propagate | torch_profit per batch / AdamW step |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for dname, n, k, speedup, speedup_prop, vs_adamw in ratios:
+        print(f"| {dname} | {label(n)} | {k} | {speedup:.2f}x | {speedup_prop:.2f}x | {vs_adamw:.2f} |")
     return 0
 
 

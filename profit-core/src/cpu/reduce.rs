@@ -146,10 +146,24 @@ fn lane_sums<E: Element>(d: DeltaSlices<'_, E>, g: &[E]) -> LaneSums {
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { lane_sums_generic_avx2(d, g) };
+    }
+    lane_sums_generic(d, g)
+}
+
+/// [`lane_sums_generic`] compiled with AVX2 (f64, bf16 and f16): bitwise the same, the lane
+/// structure fixes every rounding and no multiply-add is fused.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,avx2")]
+unsafe fn lane_sums_generic_avx2<E: Element>(d: DeltaSlices<'_, E>, g: &[E]) -> LaneSums {
     lane_sums_generic(d, g)
 }
 
 /// Portable [`lane_sums`].
+#[inline(always)]
 pub(crate) fn lane_sums_generic<E: Element>(d: DeltaSlices<'_, E>, g: &[E]) -> LaneSums {
     match d {
         DeltaSlices::None => {
