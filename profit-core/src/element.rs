@@ -183,6 +183,20 @@ fn bf16_from_f32(x: f32) -> half::bf16 {
     half::bf16::from_bits(if nan { quiet } else { rounded } as u16)
 }
 
+/// `x` widened to f32 (exact): the bits shifted into place, without branches (`half`'s own
+/// conversion also quiets a signalling NaN; here a NaN's payload is kept, as the CUDA kernels
+/// keep it).
+#[inline(always)]
+fn bf16_to_f32(x: half::bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+/// `half::f16::to_f32`.
+#[inline(always)]
+fn f16_to_f32(x: half::f16) -> f32 {
+    x.to_f32()
+}
+
 /// `half::f16::from_f32` (its rounding to nearest even).
 #[inline(always)]
 fn f16_from_f32(x: f32) -> half::f16 {
@@ -190,7 +204,7 @@ fn f16_from_f32(x: f32) -> half::f16 {
 }
 
 macro_rules! half_element {
-    ($t:ty, $dtype:expr, $from_f32:ident) => {
+    ($t:ty, $dtype:expr, $from_f32:ident, $to_f32:ident) => {
         /// Stored in 16 bits; every pass widens to `f32`, computes there and rounds once to
         /// nearest on store, as `torch.optim` does for low-precision parameters.
         impl Element for $t {
@@ -198,7 +212,7 @@ macro_rules! half_element {
             const DTYPE: Dtype = $dtype;
             #[inline(always)]
             fn load(self) -> f32 {
-                self.to_f32()
+                $to_f32(self)
             }
             #[inline(always)]
             fn store(r: f32) -> Self {
@@ -220,8 +234,8 @@ macro_rules! half_element {
     };
 }
 
-half_element!(half::bf16, Dtype::Bf16, bf16_from_f32);
-half_element!(half::f16, Dtype::F16, f16_from_f32);
+half_element!(half::bf16, Dtype::Bf16, bf16_from_f32, bf16_to_f32);
+half_element!(half::f16, Dtype::F16, f16_from_f32, f16_to_f32);
 
 #[cfg(test)]
 mod tests {

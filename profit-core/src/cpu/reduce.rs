@@ -176,17 +176,27 @@ pub(crate) fn lane_sums_generic<E: Element>(d: DeltaSlices<'_, E>, g: &[E]) -> L
             }
             acc
         }
-        DeltaSlices::Stored(s) => sums_with(g, |i| s[i].as_f64()),
-        DeltaSlices::Realized { param, anchor } => sums_with(g, |i| realized(param[i], anchor[i]).as_f64()),
+        DeltaSlices::Stored(s) => sums_with(g, s, s, |x, _| x.as_f64()),
+        DeltaSlices::Realized { param, anchor } => {
+            sums_with(g, param, anchor, |p, a| realized(p, a).as_f64())
+        }
     }
 }
 
+/// Lane sums with element `i`'s delta `x(u[i], v[i])`, over whole blocks of [`LANES`] (the
+/// slices walked as fixed-size blocks: no bounds checks, so the lanes vectorize).
 #[inline(always)]
-fn sums_with<E: Element>(g: &[E], x: impl Fn(usize) -> f64) -> LaneSums {
+fn sums_with<E: Element>(g: &[E], u: &[E], v: &[E], x: impl Fn(E, E) -> f64) -> LaneSums {
     let mut acc = [[0.0f64; LANES]; 3];
-    for (c, gc) in g.chunks_exact(LANES).enumerate() {
+    let blocks = g.chunks_exact(LANES).zip(u.chunks_exact(LANES)).zip(v.chunks_exact(LANES));
+    for ((gc, uc), vc) in blocks {
+        let (Ok(gc), Ok(uc), Ok(vc)) =
+            (<&[E; LANES]>::try_from(gc), <&[E; LANES]>::try_from(uc), <&[E; LANES]>::try_from(vc))
+        else {
+            continue; // unreachable: chunks_exact yields LANES elements
+        };
         for j in 0..LANES {
-            let (x, y) = (x(c * LANES + j), gc[j].as_f64());
+            let (x, y) = (x(uc[j], vc[j]), gc[j].as_f64());
             acc[0][j] += x * y;
             acc[1][j] += x * x;
             acc[2][j] += y * y;
