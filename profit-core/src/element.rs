@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn bf16_conversion_equals_half() {
         let mut x: u32 = 0x2545_f491;
-        let mut check = |b: u32| {
+        let check = |b: u32| {
             let f = f32::from_bits(b);
             assert_eq!(bf16_from_f32(f).to_bits(), half::bf16::from_f32(f).to_bits(), "{b:#010x}");
         };
