@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${PROFIT_TORCH_VENV:-$HOME/.cache/profit-torch-venv}"
 PY="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH"  # the maturin the build hook calls
 if ! "$PY" -c "import torch, numpy, maturin, pytest, expecttest" 2>/dev/null; then
     echo "test-python: making the venv at $VENV (once)"
     python3 -m venv "$VENV"
