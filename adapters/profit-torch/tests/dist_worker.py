@@ -92,6 +92,7 @@ def fsdp_run(rank, world, port, out, calls, settings, local_sums):
         traj.append(_full(m))
     if rank == 0:
         torch.save({"traj": traj, "projected": opt.projected_calls, "ms_per_call": 1e3 * seconds / calls}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -107,13 +108,15 @@ def ddp_run(rank, world, port, out, calls):
         opt.zero_grad()
         traj.append([p.detach().clone() for p in m.parameters()])
     torch.save({"traj": traj}, f"{out}.{rank}")
+    dist.barrier()
     dist.destroy_process_group()
 
 
 def checkpoint_run(rank, world, port, out, ckpt, first, calls, resume):
-    """FSDP2: without `resume`, `first` calls then a torch.distributed.checkpoint save; with
-    it, a fresh model and optimizer load that checkpoint and take calls `first..calls`. Rank 0
-    saves the gathered parameters after the last call."""
+    """FSDP2: without `resume`, `first` calls then (unless `ckpt` is None) a
+    torch.distributed.checkpoint save; with it, a fresh model and optimizer load that
+    checkpoint and take calls `first..calls`. Rank 0 saves the gathered parameters after the
+    last call."""
     _init(rank, world, port)
     m = _sharded_model(world)
     opt = torch_profit.PROFIT(m.parameters(), **SETTINGS)
@@ -130,11 +133,12 @@ def checkpoint_run(rank, world, port, out, ckpt, first, calls, resume):
         torch.nn.functional.mse_loss(m(x), y).backward()
         opt.step()
         opt.zero_grad()
-    if not resume:
+    if ckpt is not None and not resume:
         dcp.save({"model": m.state_dict(), "optim": opt.state_dict()}, checkpoint_id=ckpt)
     full = _full(m)
     if rank == 0:
         torch.save({"params": full, "phase": opt.last_report.phase, "next": opt.next_phase}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -87,7 +87,7 @@ def test_ddp_equals_the_single_process_run_on_every_rank(tmp_path):
 def test_checkpoint_mid_cycle_resumes_bitwise(tmp_path):
     first, calls = 5, 9  # saved after a reference call: the next call is a main call
     whole = str(tmp_path / "whole.pt")
-    spawn(w.checkpoint_run, 2, whole, str(tmp_path / "unused"), calls, calls, False)
+    spawn(w.checkpoint_run, 2, whole, None, calls, calls, False)
     ckpt = str(tmp_path / "ckpt")
     part = str(tmp_path / "part.pt")
     spawn(w.checkpoint_run, 2, part, ckpt, first, calls, False)
