@@ -1,5 +1,6 @@
 //! Device tensors: a `CudaSlice` plus a shape and the handle of the backend that made it.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
@@ -59,11 +60,25 @@ impl CudaElement for half::f16 {
 /// It carries its backend's handle (context, stream, kernels, scratch), so that
 /// [`TensorOps`](profit_core::backend::TensorOps)'s associated functions can launch work on it.
 pub struct CudaTensor<E> {
-    /// Device memory: `max(len, 1)` elements (CUDA refuses empty allocations), `len` used.
-    pub(crate) data: CudaSlice<E>,
+    /// Device memory: `max(len, 1)` elements (CUDA refuses empty allocations), `len` used;
+    /// freed on drop unless `borrowed`.
+    pub(crate) data: ManuallyDrop<CudaSlice<E>>,
     pub(crate) len: usize,
     pub(crate) shape: Vec<usize>,
     pub(crate) dev: Arc<Device>,
+    /// Memory another owner allocated ([`CudaBackend::borrow`]): never freed here.
+    pub(crate) borrowed: bool,
+}
+
+impl<E> Drop for CudaTensor<E> {
+    fn drop(&mut self) {
+        // SAFETY: `data` is taken once, here, and not used again.
+        let data = unsafe { ManuallyDrop::take(&mut self.data) };
+        if self.borrowed {
+            // Its owner frees it.
+            let _ = data.leak();
+        }
+    }
 }
 
 impl<E> std::fmt::Debug for CudaTensor<E> {
@@ -151,7 +166,7 @@ impl CudaBackend {
     pub fn zeros<E: CudaElement>(&self, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
         let len = shape.iter().product::<usize>();
         let data = self.dev.stream.alloc_zeros::<E>(len.max(1)).map_err(driver_err)?;
-        Ok(CudaTensor { data, len, shape: shape.to_vec(), dev: self.dev.clone() })
+        Ok(CudaTensor { data: ManuallyDrop::new(data), len, shape: shape.to_vec(), dev: self.dev.clone(), borrowed: false })
     }
 
     /// A tensor of this shape from row-major host values (`data.len()` must match the shape).
@@ -163,5 +178,52 @@ impl CudaBackend {
         let mut t = self.zeros(shape)?;
         t.copy_from_host(data)?;
         Ok(t)
+    }
+
+    /// A tensor of this shape over device memory another owner allocated in this device's
+    /// primary context (another framework's tensor: a torch CUDA tensor's `data_ptr()`). The
+    /// memory is read and written in place and never freed here. Order the other owner's work
+    /// with this backend's stream around each use ([`wait_for`](Self::wait_for),
+    /// [`signal`](Self::signal)). `Err` if `ptr` is null (with elements) or misaligned for `E`.
+    ///
+    /// # Safety
+    /// `ptr` must hold `shape`'s element count of `E`, in this device's primary context, for
+    /// as long as the tensor is used, and no other work may use that memory meanwhile except
+    /// as ordered with this backend's stream.
+    pub unsafe fn borrow<E: CudaElement>(&self, ptr: u64, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
+        let len = shape.iter().product::<usize>();
+        if len > 0 && (ptr == 0 || ptr % std::mem::align_of::<E>() as u64 != 0) {
+            return Err(BackendError::Device(format!("borrow: device address {ptr:#x} is null or misaligned")));
+        }
+        // SAFETY: the caller guarantees the allocation; the slice is never freed (`borrowed`).
+        let data = unsafe { self.dev.stream.upgrade_device_ptr::<E>(ptr, len) };
+        Ok(CudaTensor { data: ManuallyDrop::new(data), len, shape: shape.to_vec(), dev: self.dev.clone(), borrowed: true })
+    }
+
+    /// Make this backend's stream wait for the work queued so far on `stream`, a raw `CUstream`
+    /// of the same context (such as `torch.cuda.current_stream().cuda_stream`; `0` is the
+    /// legacy default stream). Enqueues an event; does not block the host.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this device's primary context.
+    pub unsafe fn wait_for(&self, stream: u64) -> Result<(), BackendError> {
+        let event = self.dev.ctx.new_event(None).map_err(driver_err)?;
+        // SAFETY: a live event and, by the caller, a live stream of this context.
+        unsafe { cudarc::driver::result::event::record(event.cu_event(), stream as cudarc::driver::sys::CUstream) }
+            .map_err(driver_err)?;
+        self.dev.stream.wait(&event).map_err(driver_err)
+    }
+
+    /// Make `stream` (as in [`wait_for`](Self::wait_for)) wait for the work queued so far on
+    /// this backend's stream. Does not block the host.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this device's primary context.
+    pub unsafe fn signal(&self, stream: u64) -> Result<(), BackendError> {
+        let event = self.dev.stream.record_event(None).map_err(driver_err)?;
+        let wait = cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+        // SAFETY: a live event and, by the caller, a live stream of this context.
+        unsafe { cudarc::driver::result::stream::wait_event(stream as cudarc::driver::sys::CUstream, event.cu_event(), wait) }
+            .map_err(driver_err)
     }
 }

@@ -583,3 +583,55 @@ fn decided_on_the_device_equals_decided_on_the_host_bitwise() {
     overflow_refused_alike::<f64>(&g, &h);
     overflow_refused_alike::<half::bf16>(&g, &h);
 }
+
+/// Memory another framework allocated (here: straight from the driver, with a stream of its
+/// own), borrowed for each call: stepped in place exactly as the backend's own tensors are,
+/// ordered with the foreign stream, and never freed by the backend.
+#[test]
+fn borrowed_memory_is_stepped_in_place_and_never_freed() {
+    use cudarc::driver::result;
+    let Some(g) = gpu() else { return };
+    g.context().bind_to_thread().expect("bind the context");
+    let n = 1000;
+    let init: Vec<f32> = data(3, n).iter().map(|&x| x as f32).collect();
+    let grads: Vec<Vec<f32>> = (0..6).map(|k| data(10 + k, n).iter().map(|&x| x as f32).collect()).collect();
+    let config = ProfitConfig::new(Sgd { lr: 1e-2, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+
+    let mut owned = g.upload(&[n], &init).expect("upload");
+    let mut opt = Profit::<Cuda<f32>>::new(config, &[&owned]).expect("build");
+    for gr in &grads {
+        let gt = g.upload(&[n], gr).expect("upload");
+        opt.step(&mut [&mut owned], &[&gt]).expect("step");
+    }
+
+    // SAFETY: plain driver calls on the bound context; the buffer holds n f32 until freed below.
+    let (foreign, stream) = unsafe {
+        let ptr = result::malloc_sync(n * 4).expect("cuMemAlloc");
+        result::memcpy_htod_sync(ptr, &init).expect("copy in");
+        (ptr, result::stream::create(result::stream::StreamKind::NonBlocking).expect("stream"))
+    };
+    let view = |g: &CudaBackend| unsafe { g.borrow::<f32>(foreign, &[n]) }.expect("borrow");
+    let mut opt2 = Profit::<Cuda<f32>>::new(config, &[&view(&g)]).expect("build");
+    for gr in &grads {
+        let gt = g.upload(&[n], gr).expect("upload");
+        // SAFETY: `stream` is a live stream of this context.
+        unsafe { g.wait_for(stream as u64) }.expect("wait for the foreign stream");
+        let mut p = view(&g);
+        opt2.step(&mut [&mut p], &[&gt]).expect("step");
+        drop(p);
+        unsafe { g.signal(stream as u64) }.expect("signal the foreign stream");
+    }
+    let mut got = vec![0f32; n];
+    // SAFETY: the buffer is still allocated (the backend never freed it): read and free it.
+    unsafe {
+        result::stream::synchronize(stream).expect("sync");
+        result::memcpy_dtoh_sync(&mut got, foreign).expect("copy out");
+        result::free_sync(foreign).expect("the borrowed buffer is still ours to free");
+    }
+    let want = owned.to_vec().expect("download");
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "borrowed memory stepped differently");
+    assert_ne!(got, init, "nothing was stepped");
+    // A null or misaligned address is refused.
+    assert!(unsafe { g.borrow::<f32>(0, &[4]) }.is_err());
+    assert!(unsafe { g.borrow::<f32>(foreign + 2, &[4]) }.is_err());
+}
