@@ -9,6 +9,8 @@
 #                                 at run time: an all-reduce over a communicator of one)
 #   device-bin/golden-dir         the conformance crate's folder as compiled into the binary
 #                                 (it reads golden/, golden32/ and golden16/ there)
+#   device-bin/wheels/            the torch-profit wheel (abi3, built by maturin in the cached
+#                                 venv of scripts/test-python.sh) and pytest's pure-Python wheels
 # Binaries embed the committed PTX (cuda-kernels/ptx), so no CUDA is needed to build them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,10 @@ strip --strip-debug "$OUT/profit-cuda-nccl" 2>/dev/null || true
 # The conformance binary reads its golden cases (golden/, golden32/, golden16/) below the crate folder
 # compiled into it.
 echo "$PWD/tests" >"$OUT/golden-dir"
+# The PyTorch package and pytest, for a machine without network.
+VENV="${PROFIT_TORCH_VENV:-$HOME/.cache/profit-torch-venv}"
+PATH="$VENV/bin:$PATH" maturin build --release --quiet -m adapters/profit-torch/Cargo.toml -o "$OUT/wheels"
+"$VENV/bin/pip" download --quiet --only-binary=:all: --dest "$OUT/wheels" pytest iniconfig pluggy packaging exceptiongroup tomli
 ls -l "$OUT"
 total=$(du -sm "$OUT" | cut -f1)
 echo "build-device-bin: ${total} MiB in $OUT/"

@@ -15,7 +15,11 @@
 #     libnccl.so cudarc looks for);
 #  4. the Rust benchmark (bench.md) and the same sizes with PyTorch (torch_bench.md), in f32
 #     and bf16 (PROFIT_BENCH_DTYPES, default f32,bf16; bf16 rows count bf16 bytes): markdown
-#     tables to paste into BENCHMARKS.md; the bf16 rows of both are printed again at the end.
+#     tables to paste into BENCHMARKS.md; the bf16 rows of both are printed again at the end;
+#  5. the PyTorch package on CUDA tensors: its wheel (device-bin/wheels) in a venv over the
+#     machine's torch, its CUDA tests (test_cuda.py, FSDP2 over NCCL on one GPU) and its
+#     benchmark on CUDA tensors against torch's fused AdamW and the foreach PROFIT
+#     (torch_profit_bench.md).
 # Exits non-zero if any step failed; every step runs regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +44,7 @@ step() { # name, timeout seconds, command...
     return "$rc"
 }
 
-for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx profit-cuda-nccl bench golden-dir; do
+for f in conformance-cuda profit-cuda-gpu profit-cuda-ptx profit-cuda-nccl bench golden-dir wheels; do
     [ -e "$BIN/$f" ] || { echo "gpu-check: $BIN/$f missing: run scripts/build-device-bin.sh first" >&2; exit 2; }
 done
 chmod +x "$BIN"/* 2>/dev/null || true
@@ -82,6 +86,20 @@ if grep -q "bf16 |" "$RES/bench.md" "$RES/torch_bench.md"; then
         sed -n '1,2p' "$f"
         grep "bf16 |" "$f"
     done
+fi
+
+TV="$RES/torch-venv"
+if python3 -m venv --system-site-packages "$TV" \
+    && "$TV/bin/pip" install --quiet --no-index --find-links "$BIN/wheels" torch-profit pytest; then
+    step torch-profit-tests 300 "$TV/bin/python" -m pytest adapters/profit-torch/tests/test_cuda.py \
+        adapters/profit-torch/tests/test_distributed.py -k "cuda or nccl" -q -s -rs
+    if grep -q " skipped" "$RES/torch-profit-tests.log" && ! grep -q " passed" "$RES/torch-profit-tests.log"; then
+        failed+=("torch-profit tests skipped")
+    fi
+    step torch-profit-bench 300 "$TV/bin/python" adapters/profit-torch/bench/bench.py --device cuda --sizes 16M --tensors 1,1000 --dtypes "$DTYPES"
+    sed -n '/^| what/,$p' "$RES/torch-profit-bench.log" >"$RES/torch_profit_bench.md"
+else
+    failed+=("torch-profit install")
 fi
 
 echo

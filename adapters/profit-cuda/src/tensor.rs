@@ -93,6 +93,12 @@ impl<E: CudaElement> CudaTensor<E> {
         &self.shape
     }
 
+    /// The device address of the first element.
+    pub fn device_address(&self) -> u64 {
+        let (p, _sync) = cudarc::driver::DevicePtr::device_ptr(&*self.data, &self.dev.stream);
+        p
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -166,7 +172,13 @@ impl CudaBackend {
     pub fn zeros<E: CudaElement>(&self, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
         let len = shape.iter().product::<usize>();
         let data = self.dev.stream.alloc_zeros::<E>(len.max(1)).map_err(driver_err)?;
-        Ok(CudaTensor { data: ManuallyDrop::new(data), len, shape: shape.to_vec(), dev: self.dev.clone(), borrowed: false })
+        Ok(CudaTensor {
+            data: ManuallyDrop::new(data),
+            len,
+            shape: shape.to_vec(),
+            dev: self.dev.clone(),
+            borrowed: false,
+        })
     }
 
     /// A tensor of this shape from row-major host values (`data.len()` must match the shape).
@@ -190,14 +202,26 @@ impl CudaBackend {
     /// `ptr` must hold `shape`'s element count of `E`, in this device's primary context, for
     /// as long as the tensor is used, and no other work may use that memory meanwhile except
     /// as ordered with this backend's stream.
-    pub unsafe fn borrow<E: CudaElement>(&self, ptr: u64, shape: &[usize]) -> Result<CudaTensor<E>, BackendError> {
+    pub unsafe fn borrow<E: CudaElement>(
+        &self,
+        ptr: u64,
+        shape: &[usize],
+    ) -> Result<CudaTensor<E>, BackendError> {
         let len = shape.iter().product::<usize>();
         if len > 0 && (ptr == 0 || ptr % std::mem::align_of::<E>() as u64 != 0) {
-            return Err(BackendError::Device(format!("borrow: device address {ptr:#x} is null or misaligned")));
+            return Err(BackendError::Device(format!(
+                "borrow: device address {ptr:#x} is null or misaligned"
+            )));
         }
         // SAFETY: the caller guarantees the allocation; the slice is never freed (`borrowed`).
         let data = unsafe { self.dev.stream.upgrade_device_ptr::<E>(ptr, len) };
-        Ok(CudaTensor { data: ManuallyDrop::new(data), len, shape: shape.to_vec(), dev: self.dev.clone(), borrowed: true })
+        Ok(CudaTensor {
+            data: ManuallyDrop::new(data),
+            len,
+            shape: shape.to_vec(),
+            dev: self.dev.clone(),
+            borrowed: true,
+        })
     }
 
     /// Make this backend's stream wait for the work queued so far on `stream`, a raw `CUstream`
@@ -209,8 +233,10 @@ impl CudaBackend {
     pub unsafe fn wait_for(&self, stream: u64) -> Result<(), BackendError> {
         let event = self.dev.ctx.new_event(None).map_err(driver_err)?;
         // SAFETY: a live event and, by the caller, a live stream of this context.
-        unsafe { cudarc::driver::result::event::record(event.cu_event(), stream as cudarc::driver::sys::CUstream) }
-            .map_err(driver_err)?;
+        unsafe {
+            cudarc::driver::result::event::record(event.cu_event(), stream as cudarc::driver::sys::CUstream)
+        }
+        .map_err(driver_err)?;
         self.dev.stream.wait(&event).map_err(driver_err)
     }
 
@@ -223,7 +249,13 @@ impl CudaBackend {
         let event = self.dev.stream.record_event(None).map_err(driver_err)?;
         let wait = cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
         // SAFETY: a live event and, by the caller, a live stream of this context.
-        unsafe { cudarc::driver::result::stream::wait_event(stream as cudarc::driver::sys::CUstream, event.cu_event(), wait) }
-            .map_err(driver_err)
+        unsafe {
+            cudarc::driver::result::stream::wait_event(
+                stream as cudarc::driver::sys::CUstream,
+                event.cu_event(),
+                wait,
+            )
+        }
+        .map_err(driver_err)
     }
 }

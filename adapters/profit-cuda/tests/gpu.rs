@@ -595,7 +595,8 @@ fn borrowed_memory_is_stepped_in_place_and_never_freed() {
     let n = 1000;
     let init: Vec<f32> = data(3, n).iter().map(|&x| x as f32).collect();
     let grads: Vec<Vec<f32>> = (0..6).map(|k| data(10 + k, n).iter().map(|&x| x as f32).collect()).collect();
-    let config = ProfitConfig::new(Sgd { lr: 1e-2, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
+    let config =
+        ProfitConfig::new(Sgd { lr: 1e-2, ..Default::default() }, Adam { lr: 1e-2, ..Default::default() });
 
     let mut owned = g.upload(&[n], &init).expect("upload");
     let mut opt = Profit::<Cuda<f32>>::new(config, &[&owned]).expect("build");
@@ -629,7 +630,10 @@ fn borrowed_memory_is_stepped_in_place_and_never_freed() {
         result::free_sync(foreign).expect("the borrowed buffer is still ours to free");
     }
     let want = owned.to_vec().expect("download");
-    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "borrowed memory stepped differently");
+    assert!(
+        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "borrowed memory stepped differently"
+    );
     assert_ne!(got, init, "nothing was stepped");
     // A null or misaligned address is refused.
     assert!(unsafe { g.borrow::<f32>(0, &[4]) }.is_err());

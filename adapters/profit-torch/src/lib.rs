@@ -6,6 +6,8 @@
 //! Errors are raised as `CoreError(kind, message)`; the Python package maps `kind` to its
 //! exception classes.
 
+use std::marker::PhantomData;
+
 use half::{bf16, f16};
 use profit_core::backend::TensorOps;
 use profit_core::collective::Collective;
@@ -20,6 +22,7 @@ use pyo3::types::PyBytes;
 
 mod tensor;
 
+use profit_cuda::{Cuda, CudaBackend, CudaElement, CudaTensor};
 use tensor::{check_disjoint, Torch, TorchBuf};
 
 pyo3::create_exception!(_core, CoreError, PyException, "An engine error: args are (kind, message).");
@@ -88,59 +91,126 @@ impl Collective for PyCollective {
     }
 }
 
-/// Point the views at a call's tensors (`grads` empty, or `0` for a tensor without a gradient)
-/// and check that no parameter shares memory with another tensor of the call. Returns which
-/// tensors have a gradient.
-fn point<E: Element>(
-    params: &mut [TorchBuf<E>],
-    grads: &mut [TorchBuf<E>],
+/// Where the tensors a call hands over live, and how the engine sees them: views of the
+/// memory at the addresses Python passes, for the duration of one call.
+trait Mem: Sized {
+    /// The backend that steps them.
+    type B: TensorOps;
+    /// A tensor of `shape` over the elements at `addr`.
+    fn view(&self, addr: usize, shape: &[usize]) -> PyResult<T<Self>>;
+    /// The bytes a view covers (`start == end` when empty).
+    fn range(t: &T<Self>) -> (usize, usize);
+    /// Order the tensors' owner's work before the engine's (`stream`: the owner's stream).
+    fn before(&self, _stream: usize) -> PyResult<()> {
+        Ok(())
+    }
+    /// Order the engine's work before the owner's next work.
+    fn after(&self, _stream: usize) -> PyResult<()> {
+        Ok(())
+    }
+}
+
+type T<M> = <<M as Mem>::B as TensorOps>::Tensor;
+
+/// CPU tensors, stepped by profit-core's fused host loops.
+struct Host<E>(PhantomData<E>);
+
+impl<E: Element> Mem for Host<E> {
+    type B = Torch<E>;
+    fn view(&self, addr: usize, shape: &[usize]) -> PyResult<TorchBuf<E>> {
+        let mut v = TorchBuf::view(shape);
+        v.point(addr).map_err(|e| core_err("input", e))?;
+        Ok(v)
+    }
+    fn range(t: &TorchBuf<E>) -> (usize, usize) {
+        t.range()
+    }
+}
+
+/// CUDA tensors of one device, stepped by profit-cuda's fused kernels on their own memory, on
+/// the backend's stream ordered after and before the owner's stream.
+struct Device<E> {
+    gpu: CudaBackend,
+    _elem: PhantomData<E>,
+}
+
+impl<E: CudaElement> Mem for Device<E> {
+    type B = Cuda<E>;
+    fn view(&self, addr: usize, shape: &[usize]) -> PyResult<CudaTensor<E>> {
+        // SAFETY: the package hands over `data_ptr()`s of contiguous CUDA tensors of this
+        // device, dtype and shape, which it keeps referenced (and the GIL held) for the call.
+        unsafe { self.gpu.borrow::<E>(addr as u64, shape) }.map_err(|e| err(e.into()))
+    }
+    fn range(t: &CudaTensor<E>) -> (usize, usize) {
+        let start = t.device_address() as usize;
+        (start, start + t.len() * std::mem::size_of::<E>())
+    }
+    fn before(&self, stream: usize) -> PyResult<()> {
+        // SAFETY: the package passes torch's current stream of this device.
+        unsafe { self.gpu.wait_for(stream as u64) }.map_err(|e| err(e.into()))
+    }
+    fn after(&self, stream: usize) -> PyResult<()> {
+        // SAFETY: as in `before`.
+        unsafe { self.gpu.signal(stream as u64) }.map_err(|e| err(e.into()))
+    }
+}
+
+/// A call's views: parameters, and gradients where present (`0`: none), checked not to
+/// share memory with a parameter.
+#[allow(clippy::type_complexity)]
+fn views<M: Mem>(
+    mem: &M,
+    shapes: &[Vec<usize>],
     p_addrs: &[usize],
     g_addrs: &[usize],
-) -> PyResult<Vec<bool>> {
-    let n = params.len();
+) -> PyResult<(Vec<T<M>>, Vec<Option<T<M>>>)> {
+    let n = shapes.len();
     if p_addrs.len() != n || (!g_addrs.is_empty() && g_addrs.len() != n) {
         let msg = format!("{} parameters and {} gradients for {n} tensors", p_addrs.len(), g_addrs.len());
         return Err(core_err("input", msg));
     }
-    for (v, &a) in params.iter_mut().zip(p_addrs) {
-        v.point(a).map_err(|e| core_err("input", e))?;
-    }
-    let mut present = vec![false; n];
-    for ((v, &a), p) in grads.iter_mut().zip(g_addrs).zip(&mut present) {
-        if a != 0 || v.numel() == 0 {
-            v.point(a).map_err(|e| core_err("input", e))?;
-            *p = true;
-        }
-    }
-    let g: Vec<Option<&TorchBuf<E>>> = grads.iter().zip(&present).map(|(g, &p)| p.then_some(g)).collect();
-    check_disjoint(params, &g).map_err(|e| core_err("input", e))?;
-    Ok(present)
+    let params = p_addrs.iter().zip(shapes).map(|(&a, s)| mem.view(a, s)).collect::<PyResult<Vec<_>>>()?;
+    let grads = g_addrs
+        .iter()
+        .zip(shapes)
+        .map(
+            |(&a, s)| {
+                if a != 0 || s.iter().product::<usize>() == 0 {
+                    mem.view(a, s).map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )
+        .collect::<PyResult<Vec<_>>>()?;
+    let pr: Vec<(usize, usize)> = params.iter().map(M::range).collect();
+    let gr: Vec<Option<(usize, usize)>> = grads.iter().map(|g| g.as_ref().map(M::range)).collect();
+    check_disjoint(&pr, &gr).map_err(|e| core_err("input", e))?;
+    Ok((params, grads))
 }
 
-/// One element type's optimizer with its parameter and gradient views.
-struct Run<E: Element> {
-    profit: Profit<Torch<E>>,
-    params: Vec<TorchBuf<E>>,
-    grads: Vec<TorchBuf<E>>,
+/// One element type's optimizer over tensors of one kind of memory.
+struct Run<M: Mem> {
+    mem: M,
+    profit: Profit<M::B>,
+    shapes: Vec<Vec<usize>>,
 }
 
 /// A group as the package describes it: options (JSON of `GroupOptions`), names, shapes.
 type GroupSpec = (String, Vec<String>, Vec<Vec<usize>>);
 
-impl<E: Element> Run<E> {
-    fn new(config: ProfitConfig, groups: Vec<GroupSpec>, addrs: &[usize]) -> PyResult<Self> {
-        let mut params = vec![];
+impl<M: Mem> Run<M> {
+    fn new(mem: M, config: ProfitConfig, groups: Vec<GroupSpec>, addrs: &[usize]) -> PyResult<Self> {
         let mut options = vec![];
-        for (opts, names, shapes) in &groups {
-            if names.len() != shapes.len() {
+        let mut shapes = vec![];
+        for (opts, names, s) in &groups {
+            if names.len() != s.len() {
                 return Err(core_err("input", "a group's names and shapes differ in number"));
             }
             options.push(json::<GroupOptions>("group options", opts)?);
-            params.extend(shapes.iter().map(|s| TorchBuf::view(s)));
+            shapes.extend(s.iter().cloned());
         }
-        let mut grads: Vec<TorchBuf<E>> =
-            params.iter().map(|p| TorchBuf::view(&Torch::<E>::shape(p))).collect();
-        point(&mut params, &mut grads, addrs, &[])?;
+        let (params, _) = views(&mem, &shapes, addrs, &[])?;
         let mut built = vec![];
         let mut rest = &params[..];
         for (o, (_, names, _)) in options.into_iter().zip(&groups) {
@@ -149,59 +219,82 @@ impl<E: Element> Run<E> {
             rest = next;
         }
         let profit = Profit::with_groups(config, built).map_err(err)?;
-        Ok(Run { profit, params, grads })
+        Ok(Run { mem, profit, shapes })
     }
 
-    fn step(&mut self, params: &[usize], grads: &[usize]) -> PyResult<StepReport> {
-        let present = point(&mut self.params, &mut self.grads, params, grads)?;
-        let g: Vec<Option<&TorchBuf<E>>> =
-            self.grads.iter().zip(&present).map(|(g, &p)| p.then_some(g)).collect();
-        let mut p: Vec<&mut TorchBuf<E>> = self.params.iter_mut().collect();
-        self.profit.step_partial(&mut p, &g).map_err(err)
+    fn step(&mut self, params: &[usize], grads: &[usize], stream: usize) -> PyResult<StepReport> {
+        let (mut p, g) = views(&self.mem, &self.shapes, params, grads)?;
+        let g: Vec<Option<&T<M>>> = g.iter().map(Option::as_ref).collect();
+        let mut p: Vec<&mut T<M>> = p.iter_mut().collect();
+        self.mem.before(stream)?;
+        let r = self.profit.step_partial(&mut p, &g).map_err(err);
+        self.mem.after(stream)?;
+        r
+    }
+
+    /// Check a call's addresses without stepping.
+    fn check(&self, params: &[usize], grads: &[usize]) -> PyResult<()> {
+        views(&self.mem, &self.shapes, params, grads).map(|_| ())
     }
 
     /// Copy state buffer `key` into the `numel` elements at `dst`.
-    fn read_buffer(&self, key: &str, dst: usize) -> PyResult<()> {
+    fn read_buffer(&self, key: &str, dst: usize, stream: usize) -> PyResult<()> {
         let state = self.profit.state().map_err(err)?;
         let b = state
             .buffers
             .iter()
             .find(|b| b.key == key)
             .ok_or_else(|| core_err("state", format!("no state buffer `{key}`")))?;
-        let mut view = TorchBuf::<E>::view(&Torch::<E>::shape(b.tensor));
-        view.point(dst).map_err(|e| core_err("input", e))?;
-        let mut tmp = vec![E::from_f64(0.0); b.tensor.numel()];
-        Torch::<E>::read(b.tensor, &mut tmp).map_err(|e| err(e.into()))?;
-        Torch::<E>::write(&mut view, &tmp).map_err(|e| err(e.into()))
+        let mut view = self.mem.view(dst, &<M::B as TensorOps>::shape(b.tensor))?;
+        let mut tmp =
+            vec![<<M::B as TensorOps>::Elem as Element>::from_f64(0.0); <M::B as TensorOps>::numel(b.tensor)];
+        self.mem.before(stream)?;
+        <M::B as TensorOps>::read(b.tensor, &mut tmp).map_err(|e| err(e.into()))?;
+        <M::B as TensorOps>::write(&mut view, &tmp).map_err(|e| err(e.into()))?;
+        self.mem.after(stream)
     }
 
     /// Load a state: its meta (JSON) and each buffer's key and address (contiguous tensors of
-    /// this element type, checked by the caller). Checked whole before anything changes.
-    fn load(&mut self, meta: &str, keys: Vec<String>, addrs: Vec<usize>, adopt_config: bool) -> PyResult<()> {
+    /// this element type and memory, checked by the caller). Checked whole before anything
+    /// changes.
+    fn load(
+        &mut self,
+        meta: &str,
+        keys: Vec<String>,
+        addrs: Vec<usize>,
+        adopt_config: bool,
+        stream: usize,
+    ) -> PyResult<()> {
         let meta: StateMeta = json("state", meta)?;
         if keys.len() != addrs.len() {
             return Err(core_err("state", "keys and addresses differ in number"));
         }
+        let expected = meta.buffer_keys();
         let mut buffers = vec![];
         for (key, addr) in keys.into_iter().zip(addrs) {
-            let expected = meta.buffer_keys().into_iter().find(|(k, _, _)| *k == key);
-            let (_, param, kind) =
-                expected.ok_or_else(|| core_err("state", format!("unexpected state buffer `{key}`")))?;
+            let found = expected.iter().find(|(k, _, _)| *k == key);
+            let &(_, param, kind) =
+                found.ok_or_else(|| core_err("state", format!("unexpected state buffer `{key}`")))?;
             let shape =
                 &meta.params.get(param).ok_or_else(|| core_err("state", "bad parameter index"))?.shape;
-            let mut view = TorchBuf::<E>::view(shape);
-            view.point(addr).map_err(|e| core_err("input", e))?;
-            buffers.push(StateBuffer { param, kind, key, tensor: view });
+            buffers.push(StateBuffer { param, kind, key, tensor: self.mem.view(addr, shape)? });
         }
-        self.profit.load_state(&ProfitState { meta, buffers }, adopt_config).map_err(err)
+        self.mem.before(stream)?;
+        let r = self.profit.load_state(&ProfitState { meta, buffers }, adopt_config).map_err(err);
+        self.mem.after(stream)?;
+        r
     }
 }
 
 enum Inner {
-    F32(Run<f32>),
-    F64(Run<f64>),
-    Bf16(Run<bf16>),
-    F16(Run<f16>),
+    F32(Run<Host<f32>>),
+    F64(Run<Host<f64>>),
+    Bf16(Run<Host<bf16>>),
+    F16(Run<Host<f16>>),
+    CudaF32(Run<Device<f32>>),
+    CudaF64(Run<Device<f64>>),
+    CudaBf16(Run<Device<bf16>>),
+    CudaF16(Run<Device<f16>>),
 }
 
 macro_rules! with_run {
@@ -211,11 +304,15 @@ macro_rules! with_run {
             Inner::F64($r) => $body,
             Inner::Bf16($r) => $body,
             Inner::F16($r) => $body,
+            Inner::CudaF32($r) => $body,
+            Inner::CudaF64($r) => $body,
+            Inner::CudaBf16($r) => $body,
+            Inner::CudaF16($r) => $body,
         }
     };
 }
 
-/// One PROFIT optimizer over torch CPU tensors of one dtype.
+/// One PROFIT optimizer over torch tensors of one dtype on one device (the CPU or a CUDA device).
 #[pyclass(module = "torch_profit._core")]
 struct Engine {
     inner: Inner,
@@ -237,29 +334,55 @@ impl Engine {
     /// `ProfitConfig`; `groups`: `(options JSON, names, shapes)` each; `addrs`: the
     /// parameters' `data_ptr()`s, in group order.
     #[new]
-    fn new(dtype: &str, config: &str, groups: Vec<GroupSpec>, addrs: Vec<usize>) -> PyResult<Self> {
+    fn new(
+        dtype: &str,
+        config: &str,
+        groups: Vec<GroupSpec>,
+        addrs: Vec<usize>,
+        device: i64,
+    ) -> PyResult<Self> {
         let config: ProfitConfig = json("config", config)?;
-        let inner = match dtype {
-            "float32" => Inner::F32(Run::new(config, groups, &addrs)?),
-            "float64" => Inner::F64(Run::new(config, groups, &addrs)?),
-            "bfloat16" => Inner::Bf16(Run::new(config, groups, &addrs)?),
-            "float16" => Inner::F16(Run::new(config, groups, &addrs)?),
-            other => return Err(core_err("input", format!("unsupported dtype {other}"))),
+        let inner = if device < 0 {
+            match dtype {
+                "float32" => Inner::F32(Run::new(Host(PhantomData), config, groups, &addrs)?),
+                "float64" => Inner::F64(Run::new(Host(PhantomData), config, groups, &addrs)?),
+                "bfloat16" => Inner::Bf16(Run::new(Host(PhantomData), config, groups, &addrs)?),
+                "float16" => Inner::F16(Run::new(Host(PhantomData), config, groups, &addrs)?),
+                other => return Err(core_err("input", format!("unsupported dtype {other}"))),
+            }
+        } else {
+            let gpu = CudaBackend::new(device as usize).map_err(|e| core_err("device", e.to_string()))?;
+            match dtype {
+                "float32" => {
+                    Inner::CudaF32(Run::new(Device { gpu, _elem: PhantomData }, config, groups, &addrs)?)
+                }
+                "float64" => {
+                    Inner::CudaF64(Run::new(Device { gpu, _elem: PhantomData }, config, groups, &addrs)?)
+                }
+                "bfloat16" => {
+                    Inner::CudaBf16(Run::new(Device { gpu, _elem: PhantomData }, config, groups, &addrs)?)
+                }
+                "float16" => {
+                    Inner::CudaF16(Run::new(Device { gpu, _elem: PhantomData }, config, groups, &addrs)?)
+                }
+                other => return Err(core_err("input", format!("unsupported dtype {other}"))),
+            }
         };
         Ok(Engine { inner })
     }
 
-    /// One call: the parameters' and gradients' `data_ptr()`s (`0`: no gradient). Returns
-    /// `(call, phase, grad_scale, main)`, `main` = `(omega, |delta|^2, |g|^2, projected, cos,
-    /// removed)` at main calls.
-    fn step(&mut self, params: Vec<usize>, grads: Vec<usize>) -> PyResult<ReportTuple> {
-        with_run!(&mut self.inner, r => r.step(&params, &grads).map(report))
+    /// One call: the parameters' and gradients' `data_ptr()`s (`0`: no gradient) and, on CUDA,
+    /// the owner's current stream (`cuda_stream`). Returns `(call, phase, grad_scale, main)`,
+    /// `main` = `(omega, |delta|^2, |g|^2, projected, cos, removed)` at main calls.
+    #[pyo3(signature = (params, grads, stream = 0))]
+    fn step(&mut self, params: Vec<usize>, grads: Vec<usize>, stream: usize) -> PyResult<ReportTuple> {
+        with_run!(&mut self.inner, r => r.step(&params, &grads, stream).map(report))
     }
 
     /// Check a call's addresses (alignment; no parameter sharing memory with another tensor
     /// of the call) without stepping: what a rank checks before the ranks agree to step.
-    fn check(&mut self, params: Vec<usize>, grads: Vec<usize>) -> PyResult<()> {
-        with_run!(&mut self.inner, r => point(&mut r.params, &mut r.grads, &params, &grads).map(|_| ()))
+    fn check(&self, params: Vec<usize>, grads: Vec<usize>) -> PyResult<()> {
+        with_run!(&self.inner, r => r.check(&params, &grads))
     }
 
     /// Counted calls, skipped calls, main calls that projected, main calls that stalled,
@@ -318,21 +441,26 @@ impl Engine {
         with_run!(&self.inner, r => r.profit.meta().buffer_keys().into_iter().map(|(k, i, _)| (k, i)).collect())
     }
 
-    /// Copy state buffer `key` into the contiguous tensor at `dst` (same dtype and numel).
-    fn read_buffer(&self, key: &str, dst: usize) -> PyResult<()> {
-        with_run!(&self.inner, r => r.read_buffer(key, dst))
+    /// Copy state buffer `key` into the contiguous tensor at `dst` (same dtype, numel and
+    /// device; `stream` as in `step`).
+    #[pyo3(signature = (key, dst, stream = 0))]
+    fn read_buffer(&self, key: &str, dst: usize, stream: usize) -> PyResult<()> {
+        with_run!(&self.inner, r => r.read_buffer(key, dst, stream))
     }
 
     /// Load a state (meta JSON, buffer keys and addresses), its configuration too with
-    /// `adopt_config` (the state layout must agree); nothing changes on error.
+    /// `adopt_config` (the state layout must agree; `stream` as in `step`); nothing changes
+    /// on error.
+    #[pyo3(signature = (meta, keys, addrs, adopt_config, stream = 0))]
     fn load_state(
         &mut self,
         meta: &str,
         keys: Vec<String>,
         addrs: Vec<usize>,
         adopt_config: bool,
+        stream: usize,
     ) -> PyResult<()> {
-        with_run!(&mut self.inner, r => r.load(meta, keys, addrs, adopt_config))
+        with_run!(&mut self.inner, r => r.load(meta, keys, addrs, adopt_config, stream))
     }
 
     /// Make this engine rank `rank` of `world` ranks whose sums `callback` all-reduces.

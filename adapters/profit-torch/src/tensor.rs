@@ -24,8 +24,8 @@ enum Buf<E> {
 
 // SAFETY: a view is only read or written inside one optimizer call, while the Python caller
 // holds the GIL and references to the tensors it points into (see `Engine::step`), and the
-// views of one call were checked not to overlap a parameter; the host loops split the work
-// across threads by disjoint ranges, as they do for owned buffers.
+// views of one call were checked not to overlap a parameter (`check_disjoint`); the host loops
+// split the work across threads by disjoint ranges, as they do for owned buffers.
 unsafe impl<E: Send> Send for TorchBuf<E> {}
 unsafe impl<E: Sync> Sync for TorchBuf<E> {}
 
@@ -105,20 +105,13 @@ impl<E: Element> HostBackend for Torch<E> {
 }
 
 /// Refuse a call whose parameters overlap each other or any gradient (their memory is
-/// written), before any view is turned into a slice.
-pub(crate) fn check_disjoint<E: Element>(
-    params: &[TorchBuf<E>],
-    grads: &[Option<&TorchBuf<E>>],
+/// written), given each tensor's byte range, before any view is turned into a slice.
+pub(crate) fn check_disjoint(
+    params: &[(usize, usize)],
+    grads: &[Option<(usize, usize)>],
 ) -> Result<(), String> {
-    let mut written: Vec<(usize, usize, usize)> = params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (a, b) = p.range();
-            (a, b, i)
-        })
-        .filter(|(a, b, _)| a < b)
-        .collect();
+    let mut written: Vec<(usize, usize, usize)> =
+        params.iter().enumerate().map(|(i, &(a, b))| (a, b, i)).filter(|(a, b, _)| a < b).collect();
     written.sort_unstable();
     for w in written.windows(2) {
         if w[1].0 < w[0].1 {
@@ -126,8 +119,7 @@ pub(crate) fn check_disjoint<E: Element>(
         }
     }
     for (j, g) in grads.iter().enumerate() {
-        let Some(g) = g else { continue };
-        let (a, b) = g.range();
+        let Some((a, b)) = *g else { continue };
         if a == b {
             continue;
         }

@@ -17,13 +17,13 @@ DTYPE = torch.float64
 SETTINGS = dict(lr=1e-2, main="adam", ratio=1e2, max_grad_norm=5.0)
 
 
-def make_model():
+def make_model(device="cpu"):
     torch.manual_seed(0)
     m = torch.nn.Sequential(
         torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 16),
         torch.nn.ReLU(), torch.nn.Linear(16, 4),
     )
-    return m.to(DTYPE)
+    return m.to(DTYPE).to(device)
 
 
 def batches(n):
@@ -31,36 +31,38 @@ def batches(n):
     return [(torch.randn(32, 8, generator=g, dtype=DTYPE), torch.randn(32, 4, generator=g, dtype=DTYPE)) for _ in range(n)]
 
 
-def single_process(calls, **settings):
+def single_process(calls, device="cpu", **settings):
     """The reference: the same model and batches in one process. Parameters after each call."""
     torch.set_num_threads(1)
-    m = make_model()
+    m = make_model(device)
     opt = torch_profit.PROFIT(m.parameters(), **{**SETTINGS, **settings})
     out, seconds = [], 0.0
     for x, y in batches(calls):
-        torch.nn.functional.mse_loss(m(x), y).backward()
+        torch.nn.functional.mse_loss(m(x.to(device)), y.to(device)).backward()
         t0 = time.perf_counter()
         opt.step()
         seconds += time.perf_counter() - t0
         opt.zero_grad()
-        out.append([p.detach().clone() for p in m.parameters()])
+        out.append([p.detach().cpu().clone() for p in m.parameters()])
     single_process.ms_per_call = 1e3 * seconds / calls
     return out, opt.projected_calls
 
 
-def _init(rank, world, port):
+def _init(rank, world, port, backend="gloo"):
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
 
 
-def _sharded_model(world):
+def _sharded_model(world, device="cpu"):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (world,))
-    m = make_model()
+    mesh = init_device_mesh(device, (world,))
+    m = make_model(device)
     for layer in m:
         if any(True for _ in layer.parameters()):
             fully_shard(layer, mesh=mesh)
@@ -69,21 +71,22 @@ def _sharded_model(world):
 
 
 def _full(m):
-    return [p.full_tensor().detach().clone() if hasattr(p, "full_tensor") else p.detach().clone() for p in m.parameters()]
+    return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone() for p in m.parameters()]
 
 
-def fsdp_run(rank, world, port, out, calls, settings, local_sums):
-    """FSDP2 over `world` ranks; rank 0 saves the gathered parameters after every call, the
-    projected count and the mean time per call."""
-    _init(rank, world, port)
+def fsdp_run(rank, world, port, out, calls, settings, local_sums, backend="gloo"):
+    """FSDP2 over `world` ranks (gloo on the CPU, or NCCL with one GPU per rank); rank 0 saves
+    the gathered parameters after every call, the projected count and the mean time per call."""
+    _init(rank, world, port, backend)
     if local_sums:
         # The negative control: each rank keeps its own partial sums.
         torch_profit._distributed.Ranks.all_reduce = lambda self, data: data
-    m = _sharded_model(world)
+    device = "cuda" if backend == "nccl" else "cpu"
+    m = _sharded_model(world, device)
     opt = torch_profit.PROFIT(m.parameters(), **{**SETTINGS, **settings})
     traj, seconds = [], 0.0
     for x, y in batches(calls):
-        torch.nn.functional.mse_loss(m(x), y).backward()
+        torch.nn.functional.mse_loss(m(x.to(device)), y.to(device)).backward()
         dist.barrier()
         t0 = time.perf_counter()
         opt.step()

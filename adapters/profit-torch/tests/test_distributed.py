@@ -113,3 +113,17 @@ def test_a_fault_on_one_rank_is_every_ranks_outcome(tmp_path, policy, fault, exp
     if policy == "skip":
         assert all(r["result"][1] == "skipped" for r in res)
     assert all(r["unchanged"] and r["state_unchanged"] for r in res), "a refused or skipped call changed something"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (NCCL needs one)")
+def test_fsdp2_over_nccl_one_gpu_equals_the_single_process_run(tmp_path):
+    """NCCL with one rank on one GPU (what a one-GPU machine can run): bitwise the
+    single-process CUDA run."""
+    out = str(tmp_path / "nccl.pt")
+    spawn(w.fsdp_run, 1, out, CALLS, {}, False, "nccl")
+    got = torch.load(out)
+    ref, projected = w.single_process(CALLS, device="cuda")
+    err = worst(got["traj"], ref)
+    print(f"FSDP2 over NCCL, one GPU: worst difference from single-process {err:.3e}, {got['ms_per_call']:.2f} ms per call")
+    assert got["projected"] == projected and projected > 0
+    assert err == 0.0

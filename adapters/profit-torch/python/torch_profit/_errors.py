@@ -42,6 +42,7 @@ class ProfitCollectiveError(ProfitError, RuntimeError):
 _KINDS = {
     "config": ProfitConfigError,
     "input": ProfitInputError,
+    "device": ProfitDeviceError,
     "non_finite": NonFiniteGradientError,
     "overflow": ProjectionOverflowError,
     "state": ProfitStateError,

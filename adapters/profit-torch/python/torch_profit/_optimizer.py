@@ -127,8 +127,10 @@ class PROFIT(Optimizer):
     ``"per_tensor"``), ``restore``, ``warmup_steps``, ``max_grad_norm`` (clipping by global
     norm), ``non_finite`` (``"error"``, ``"skip"``, ``"propagate"``).
 
-    Parameters must be contiguous CPU tensors of one dtype (float32, float64, bfloat16,
-    float16), stepped in place with no copy. A parameter whose ``grad`` is ``None`` sits the
+    Parameters must be contiguous tensors of one dtype (float32, float64, bfloat16, float16)
+    on one device, stepped in place with no copy: on the CPU by the fused multi-threaded host
+    loops, on a CUDA device by profit-cuda's fused kernels, on the backend's own stream ordered
+    after torch's current stream and before what torch queues next. A parameter whose ``grad`` is ``None`` sits the
     call out (its state does not move; it is still anchored and restored with its cycle); one
     with ``requires_grad=False`` is never touched. ``step()`` returns the closure's loss, and
     ``last_report`` says what the call did.
@@ -266,15 +268,16 @@ class PROFIT(Optimizer):
         }
         return json.dumps(config), json.dumps(reference), json.dumps(main)
 
-    def _check_param(self, p, what="parameter"):
+    def _check_param(self, p, what="parameter", device=None):
         if not isinstance(p, torch.Tensor):
             raise ProfitInputError(f"{what} is not a tensor")
         if p.layout != torch.strided:
             raise ProfitInputError(f"{what} is {p.layout}: only dense (strided) tensors are supported")
-        if not p.is_cpu:
-            raise ProfitDeviceError(
-                f"{what} is on {p.device}: this build steps CPU tensors (CUDA tensors are not supported yet)"
-            )
+        if not (p.is_cpu or p.is_cuda):
+            raise ProfitDeviceError(f"{what} is on {p.device}: CPU and CUDA tensors are supported")
+        device = device or getattr(self, "_device", None)
+        if device is not None and p.device != device:
+            raise ProfitDeviceError(f"{what} is on {p.device}, the optimizer's tensors on {device}")
         if p.dtype not in _DTYPES:
             raise ProfitInputError(f"{what} has dtype {p.dtype}: supported are {list(_DTYPES)}")
         if not p.is_contiguous():
@@ -287,8 +290,9 @@ class PROFIT(Optimizer):
         if not trainable:
             raise ProfitInputError("no parameter requires a gradient")
         dtype = trainable[0][1].dtype
+        device = local(trainable[0][1]).device
         for _, p, _ in trainable:
-            self._check_param(local(p))
+            self._check_param(local(p), device=device)
             if p.dtype != dtype:
                 raise ProfitInputError(f"parameters of dtypes {dtype} and {p.dtype}: all must share one dtype")
         seen = set()
@@ -311,7 +315,10 @@ class PROFIT(Optimizer):
             groups.append((json.dumps(opts), names, shapes))
         params = [p for gi in order for _, p in members[gi]]
         old = self._export() if self._engine is not None else None
-        engine = _call(_core.Engine, _DTYPES[dtype], config, groups, [local(p).data_ptr() for p in params])
+        cuda = device.type == "cuda"
+        index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else -1
+        engine = _call(_core.Engine, _DTYPES[dtype], config, groups, [local(p).data_ptr() for p in params], index)
+        self._device, self._cuda = device, cuda
         ranks = None
         if any(is_dtensor(p) for p in params):
             ranks = Ranks(params)
@@ -340,8 +347,8 @@ class PROFIT(Optimizer):
         shapes = dict(zip(self._param_names, (local(p).shape for p in self._params)))
         bufs = {}
         for key, _ in self._engine.buffer_keys():
-            t = torch.empty(shapes[key.split("/")[0]], dtype=self._dtype)
-            _call(self._engine.read_buffer, key, t.data_ptr())
+            t = torch.empty(shapes[key.split("/")[0]], dtype=self._dtype, device=self._device)
+            _call(self._engine.read_buffer, key, t.data_ptr(), self._stream())
             bufs[key] = t
         return meta, bufs
 
@@ -367,7 +374,7 @@ class PROFIT(Optimizer):
                 t = torch.zeros_like(local(by_index[int(name)]), memory_format=torch.contiguous_format)
             keys.append(key)
             tensors.append(t)
-        _call(engine.load_state, json.dumps(new_meta), keys, [t.data_ptr() for t in tensors], False)
+        _call(engine.load_state, json.dumps(new_meta), keys, [t.data_ptr() for t in tensors], False, self._stream())
         everyone = [p for g in self.param_groups for p in g["params"]]
         for name in held:
             k = int(name)
@@ -433,7 +440,7 @@ class PROFIT(Optimizer):
                 failure = e
             if not self._ranks.agree(failure is None):
                 raise (failure or self._ranks.refused())
-        call, phase, scale, main = _call(self._engine.step, ptrs, gptrs)
+        call, phase, scale, main = _call(self._engine.step, ptrs, gptrs, self._stream())
         self.last_report = StepReport(call, phase, scale, MainReport(*main) if main is not None else None)
         return loss
 
@@ -441,10 +448,12 @@ class PROFIT(Optimizer):
         """The parameters' and gradients' addresses (``0``: no gradient), every tensor checked
         (cheap checks first; the full check names what is wrong)."""
         dtype, strided, sharded, shapes = self._dtype, torch.strided, self._any_dtensor, self._shapes
+        cuda, device = self._cuda, self._device
         ptrs, gptrs = [], []
         for q in self._params:
             p = local(q) if sharded else q
-            if p.dtype is not dtype or not p.is_cpu or not p.is_contiguous() or p.shape != shapes[len(ptrs)]:
+            on = p.device == device if cuda else p.is_cpu
+            if p.dtype is not dtype or not on or not p.is_contiguous() or p.shape != shapes[len(ptrs)]:
                 self._check_param(p)
                 raise ProfitInputError(
                     f"a parameter changed to {p.dtype} {tuple(p.shape)} since the optimizer was built over {dtype} {tuple(shapes[len(ptrs)])}"
@@ -456,13 +465,19 @@ class PROFIT(Optimizer):
                 continue
             if sharded:
                 g = local(g)
-            if g.dtype is not dtype or not g.is_cpu or g.layout is not strided or not g.is_contiguous() or g.shape != p.shape:
+            on = g.device == device if cuda else g.is_cpu
+            if g.dtype is not dtype or not on or g.layout is not strided or not g.is_contiguous() or g.shape != p.shape:
                 self._check_param(g, "a gradient")
                 raise ProfitInputError(
                     f"a gradient of shape {tuple(g.shape)} and dtype {g.dtype} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
                 )
             gptrs.append(g.data_ptr())
         return ptrs, gptrs
+
+    def _stream(self):
+        """torch's current CUDA stream on the optimizer's device (the engine orders its work
+        after it and before what torch queues next), or 0 on the CPU."""
+        return torch.cuda.current_stream(self._device).cuda_stream if self._cuda else 0
 
     # -- what a run reports ---------------------------------------------------------------------
 
@@ -573,7 +588,7 @@ class PROFIT(Optimizer):
             t = local(t)
             if t.shape != shapes[name]:
                 raise ProfitStateError(f"state {field!r} of parameter {name}: expected a tensor of shape {tuple(shapes[name])}, got {tuple(t.shape)}")
-            t = t.detach().to(device="cpu", dtype=self._dtype).contiguous()
+            t = t.detach().to(device=self._device, dtype=self._dtype).contiguous()
             keys.append(key)
             tensors.append(t)
         # A sharded state: every rank loads the same meta (torch.distributed.checkpoint keeps
@@ -598,7 +613,7 @@ class PROFIT(Optimizer):
         for key in mine:
             if key not in ("reference", "main", "lr_coupling") and mine[key] != theirs.get(key):
                 raise ProfitStateError(f"the state dict's {key} is {theirs.get(key)!r}, this optimizer's {mine[key]!r}")
-        _call(self._engine.load_state, json.dumps(meta), keys, [t.data_ptr() for t in tensors], True)
+        _call(self._engine.load_state, json.dumps(meta), keys, [t.data_ptr() for t in tensors], True, self._stream())
         for g, saved in zip(self.param_groups, groups):
             for key, v in saved.items():
                 if key != "params":
