@@ -411,3 +411,18 @@ def test_state_dict_of_other_settings():
     sd = other.state_dict()
     refused(opt, params, ProfitStateError, call=lambda: opt.load_state_dict(sd))
     step_ok(model, opt)
+
+
+def test_a_refused_param_group_leaves_the_optimizer_as_it_was():
+    """A group the engine cannot take (another dtype) added after a step is refused, and the
+    optimizer keeps its groups and keeps stepping."""
+    p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    opt = torch_profit.PROFIT([p], lr=1e-2, ratio=10.0)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    q = torch.nn.Parameter(torch.randn(5, dtype=torch.float32))
+    with pytest.raises(torch_profit.ProfitInputError):
+        opt.add_param_group({"params": [q]})
+    assert len(opt.param_groups) == 1
+    opt.step()
+    assert opt.calls == 2

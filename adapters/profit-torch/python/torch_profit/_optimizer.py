@@ -227,7 +227,11 @@ class PROFIT(Optimizer):
         with fresh optimizer state, anchored at their current values."""
         super().add_param_group(param_group)
         if self._engine is not None:
-            self._build()
+            try:
+                self._build()
+            except Exception:
+                self.param_groups.pop()  # refused: the optimizer stays as it was
+                raise
 
     def _trainable(self):
         """(global index, parameter, group index) of every parameter that requires a gradient."""
