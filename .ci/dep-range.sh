@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT/.ci/dep-range"
 export CARGO_TARGET_DIR="$ROOT/target/dep-range"
-resolved() { cargo tree -e normal --depth 1 --prefix none | grep -o "^$1 v[0-9.]*" | head -1 | cut -d' ' -f2; }
+resolved() { cargo tree -e normal --prefix none | grep -o "^$1 v[0-9.]*" | head -1 | cut -d" " -f2; }
 rm -f Cargo.lock
 cargo generate-lockfile --quiet
 cargo update --quiet -p ndarray --precise 0.17.0
